@@ -1,0 +1,464 @@
+"""Shared pieces of every province mapper: the result contract, identifiers, dates, numbers, text.
+
+A mapper is a pure function ``map_upload(body: bytes, sender: str) -> MapResult``: bytes in, FHIR
+R4 resources (plain dicts, validated with ``fhir.resources.R4B``) and located rejections out. It
+never touches a database or the network.
+
+Contract with the hub (``hub/ingest.py`` relies on it):
+
+- A ``Record`` is the unit that is stored or replaced as a whole: one visit, one document, one
+  report. ``Record.key`` is stable across re-sends of the same unit by the same hospital; a later
+  record with the same key replaces the earlier one (resources it no longer contains are retired).
+- ``Record.patient`` is a Patient resource without ``id``; the hub's patient index decides which
+  stored Patient it is, from its identifiers (systems below). Every other resource points at the
+  patient with ``{"reference": PATIENT_REF}``; the hub rewrites that to ``Patient/<index id>``.
+- Every other resource carries a deterministic ``id`` (``make_id``) derived from the hospital and
+  the source's own numbers, so a re-send produces the same ids and replaces in place.
+- A ``Rejection`` names where (field path, row, segment) and why. A rejected unit produces no
+  record; the rest of the upload still maps.
+
+Exceptions: ``InvalidValue`` (a ``ValueError``) is raised by the parsing helpers below with a
+human-readable reason; mappers catch it and turn it into a ``Rejection`` at the right location.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from stdnum.cn import ric
+from stdnum.exceptions import ValidationError
+
+# ---------------------------------------------------------------------------------------------
+# The contract
+# ---------------------------------------------------------------------------------------------
+
+PATIENT_REF = "Patient/__patient__"
+
+
+class InvalidValue(ValueError):
+    """A source value that cannot be read; ``str(exc)`` is the reason shown to the sender."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    location: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"location": self.location, "reason": self.reason}
+
+
+@dataclass
+class Record:
+    key: str
+    hospital: str
+    patient: dict[str, Any]
+    resources: list[dict[str, Any]]
+    # Where in the upload this record came from (for messages about it), e.g. "jzjl[2]".
+    location: str = ""
+
+
+@dataclass
+class MapResult:
+    records: list[Record] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    # Things the sender should know that are not rejections (e.g. unknown keys kept in the archive).
+    notes: list[str] = field(default_factory=list)
+
+
+class UnreadableUpload(ValueError):
+    """The body cannot be read at all as this format (the hub answers 400 with ``str(exc)``)."""
+
+
+class ForeignSender(ValueError):
+    """The upload names another hospital as its sender (the hub answers 403)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Identifier systems (world/README.md "Identifiers", plus the hub's own for other documents)
+# ---------------------------------------------------------------------------------------------
+
+RESIDENT_ID_SYSTEM = "urn:oid:2.16.156.10011.1.3"
+OUTPATIENT_NO_SYSTEM = "urn:oid:2.16.156.10011.1.11"
+HOSPITAL_SYSTEM = "urn:oid:2.16.156.10011.1.5"
+LAB_REPORT_SYSTEM = "urn:oid:2.16.156.10011.1.33"
+IMAGING_REPORT_SYSTEM = "urn:oid:2.16.156.10011.1.32"
+# The world names no OID for these; the hub's own URNs, stable and documented in the README.
+PASSPORT_SYSTEM = "urn:yrdhub:id:passport"
+HK_MACAO_PASS_SYSTEM = "urn:yrdhub:id:hk-macao-pass"
+PERMANENT_RESIDENCE_SYSTEM = "urn:yrdhub:id:foreigner-permanent-residence"
+INSURANCE_CARD_SYSTEM = "urn:yrdhub:id:insurance-card"
+# A hospital's own patient number (HL7 "MR"); assigner names the hospital.
+HOSPITAL_PATIENT_NO_SYSTEM = "urn:yrdhub:id:hospital-patient-number"
+DEPARTMENT_SYSTEM = "urn:yrdhub:department"
+PRACTITIONER_SYSTEM = "urn:yrdhub:practitioner"
+PRESCRIPTION_SYSTEM = "urn:yrdhub:prescription"
+NATIONAL_DRUG_SYSTEM = "urn:yrdhub:national-drug-code"
+ICD10_SYSTEM = "http://hl7.org/fhir/sid/icd-10"
+ICD10CN_SYSTEM = "urn:yrdhub:icd-10-cn"
+LOINC_SYSTEM = "http://loinc.org"
+LOCAL_LAB_SYSTEM = "urn:yrdhub:local-lab-code"
+DICOM_MODALITY_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+
+# Document type codes (zjlx and the like) -> identifier system. Data, not an if chain.
+DOCUMENT_SYSTEMS: dict[str, str] = {
+    "01": RESIDENT_ID_SYSTEM,
+    "03": PASSPORT_SYSTEM,
+    "06": HK_MACAO_PASS_SYSTEM,
+    "08": PERMANENT_RESIDENCE_SYSTEM,
+}
+
+# Identifier systems in the order the patient index trusts them: a person document first.
+PERSON_DOCUMENT_SYSTEMS = (RESIDENT_ID_SYSTEM, PASSPORT_SYSTEM, HK_MACAO_PASS_SYSTEM,
+                           PERMANENT_RESIDENCE_SYSTEM)
+
+_NAMESPACE = uuid.UUID("6f1c1a52-8d64-4c1e-9a9e-7c2b7e1d0a11")
+
+
+def make_id(*parts: str) -> str:
+    """A deterministic FHIR id (36 chars, [a-f0-9-]) from the source's own keys."""
+    return str(uuid.uuid5(_NAMESPACE, "|".join(parts)))
+
+
+def hospital_area(hospital_code: str) -> str:
+    """``H33042100015`` -> ``330421``; the first two digits are the province."""
+    return hospital_code[1:7]
+
+
+PROVINCE_OF_PREFIX = {"31": "SH", "32": "JS", "33": "ZJ", "34": "AH"}
+
+
+def province_of(code: str) -> str | None:
+    """Province (SH/JS/ZJ/AH) of a hospital code or an area code; None when outside the region."""
+    digits = code[1:] if code[:1] == "H" else code
+    return PROVINCE_OF_PREFIX.get(digits[:2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------------------------
+
+
+def to_halfwidth(text: str) -> str:
+    """Full-width ASCII (``６.８``, ``ＡＢ``) and the ideographic space to their ASCII forms."""
+    return unicodedata.normalize("NFKC", text) if text.isascii() is False else text
+
+
+def clean(value: Any) -> str | None:
+    """A source value as stripped text; ``None``, ``""`` and blanks are absent (None).
+
+    Numbers sent where a string was expected are turned into their text. Full-width characters
+    are folded to ASCII only by the number/identifier helpers, never in names or free text.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float, Decimal)):
+        value = str(value)
+    if not isinstance(value, str):
+        raise InvalidValue(f"expected text, got {type(value).__name__}")
+    value = value.strip().strip("\u3000").strip()
+    return value or None
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers
+# ---------------------------------------------------------------------------------------------
+
+_NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def parse_decimal(value: Any) -> Decimal | None:
+    """A number sent as a JSON number or a string, full-width digits and stray spaces allowed.
+
+    Absent (None/"") -> None. Anything else that is not a plain number raises InvalidValue.
+    Floats are read through their repr so ``6.8`` stays ``6.8``.
+    """
+    text = clean(value)
+    if text is None:
+        return None
+    text = to_halfwidth(text).replace(" ", "")
+    if not _NUMBER_RE.match(text):
+        raise InvalidValue(f"not a number: {text!r}")
+    try:
+        return Decimal(text)
+    except InvalidOperation as exc:  # pragma: no cover - the regex already guards this
+        raise InvalidValue(f"not a number: {text!r}") from exc
+
+
+def decimal_json(value: Decimal) -> int | float:
+    """A Decimal as a JSON number for FHIR (which has no decimal string type)."""
+    if value == value.to_integral_value() and "." not in str(value) and "E" not in str(value):
+        return int(value)
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dates and times (China Standard Time unless stated)
+# ---------------------------------------------------------------------------------------------
+
+CST = timezone(timedelta(hours=8))
+
+_DT_PATTERNS = [
+    # (regex, has_time) -- data, tried in order
+    (re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})[ T](\d{1,2}):(\d{2}):(\d{2})$"), "s"),
+    (re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})[ T](\d{1,2}):(\d{2})$"), "m"),
+    (re.compile(r"^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})$"), "s"),
+    (re.compile(r"^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})$"), "m"),
+    (re.compile(r"^(\d{4})(\d{2})(\d{2})$"), "d"),
+    (re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})$"), "d"),
+    (re.compile(r"^(\d{4})/(\d{1,2})/(\d{1,2})$"), "d"),
+    (re.compile(r"^(\d{4})/(\d{1,2})/(\d{1,2})[ T](\d{1,2}):(\d{2})(?::(\d{2}))?$"), "s"),
+]
+
+
+def parse_when(value: Any) -> datetime | date | None:
+    """A local time in any of the formats the provinces use; a ``date`` when there is no time.
+
+    Returns an aware datetime (+08:00) or a date; None for absent. Raises InvalidValue for text
+    that is not a real time (``2024-02-30`` included).
+    """
+    text = clean(value)
+    if text is None:
+        return None
+    text = to_halfwidth(text)
+    for pattern, kind in _DT_PATTERNS:
+        m = pattern.match(text)
+        if not m:
+            continue
+        parts = [int(p) if p else 0 for p in m.groups()]
+        try:
+            if kind == "d":
+                return date(parts[0], parts[1], parts[2])
+            return datetime(*parts[:6], tzinfo=CST) if len(parts) >= 5 else None
+        except ValueError as exc:
+            raise InvalidValue(f"not a real date/time: {text!r}") from exc
+    raise InvalidValue(f"unreadable date/time: {text!r}")
+
+
+def fhir_datetime(value: datetime | date | None) -> str | None:
+    """FHIR dateTime text: ``2024-03-15T09:12:00+08:00`` or ``2024-03-15``."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value.isoformat()
+
+
+def fhir_date(value: datetime | date | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.date().isoformat()
+    return value.isoformat()
+
+
+# ---------------------------------------------------------------------------------------------
+# Resident ID numbers (GB 11643)
+# ---------------------------------------------------------------------------------------------
+
+
+def normalize_resident_id(value: Any) -> str:
+    """A resident ID number, checked and in its 18-character form.
+
+    Full-width characters and a lower-case ``x`` are folded; the 15-digit legacy form is widened
+    (``19`` inserted after the area, the check character computed). A number that fails its check
+    digit, has an impossible birth date, or is not 15/18 characters raises InvalidValue: it is
+    refused, never repaired. The reason never contains the number itself.
+    """
+    text = clean(value)
+    if text is None:
+        raise InvalidValue("resident ID number is empty")
+    text = to_halfwidth(text).replace(" ", "").upper()
+    if len(text) == 15 and text.isdigit():
+        body = text[:6] + "19" + text[6:]
+        text = body + ric.calc_check_digit(body)
+    if len(text) != 18:
+        raise InvalidValue(f"resident ID number has {len(text)} characters, expected 18 (or 15)")
+    if not (text[:17].isdigit() and (text[17].isdigit() or text[17] == "X")):
+        raise InvalidValue("resident ID number has characters other than digits and a final X")
+    # stdnum's ric.validate also demands a birth place from its own list of current area codes;
+    # numbers issued under since-retired area codes are real, so only date and check are checked.
+    try:
+        ric.get_birth_date(text)
+    except ValidationError:
+        raise InvalidValue("resident ID number holds an impossible birth date") from None
+    if ric.calc_check_digit(text) != text[17]:
+        raise InvalidValue("resident ID number fails its check character (GB 11643)")
+    return text
+
+
+def resident_id_birth_date(resident_id: str) -> date:
+    return ric.get_birth_date(resident_id)
+
+
+def resident_id_sex(resident_id: str) -> str:
+    """FHIR gender from the sequence digit: odd for men, even for women."""
+    return "male" if int(resident_id[16]) % 2 else "female"
+
+
+def mask_resident_id(resident_id: str) -> str:
+    """``33042119850412002X`` -> ``3304**********002X`` (the hub's masking and every log line)."""
+    if len(resident_id) < 8:
+        return "*" * len(resident_id)
+    return resident_id[:4] + "*" * (len(resident_id) - 8) + resident_id[-4:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Lab values, reference ranges, interpretation
+# ---------------------------------------------------------------------------------------------
+
+INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+INTERPRETATIONS: dict[str, str] = {
+    "H": "High", "L": "Low", "HH": "Critical high", "LL": "Critical low", "N": "Normal",
+    "A": "Abnormal", "AA": "Critical abnormal", "POS": "Positive", "NEG": "Negative",
+}
+
+# Qualitative result words -> SNOMED CT codes (coded value) -- data, shared by all provinces.
+SNOMED_SYSTEM = "http://snomed.info/sct"
+QUALITATIVE_WORDS: dict[str, tuple[str, str]] = {
+    "阴性": ("260385009", "Negative"),
+    "阳性": ("10828004", "Positive"),
+    "弱阳性": ("260408008", "Weakly positive"),
+    "-": ("260385009", "Negative"),
+    "+": ("10828004", "Positive"),
+    "negative": ("260385009", "Negative"),
+    "positive": ("10828004", "Positive"),
+}
+
+_COMPARATOR_RE = re.compile(r"^(<=|>=|<|>|≤|≥)\s*(.+)$")
+_COMPARATORS = {"≤": "<=", "≥": ">="}
+
+
+def interpretation(flag: Any) -> list[dict] | None:
+    """An abnormal flag (``H``, ``LL``, ...) as Observation.interpretation; None when empty.
+
+    An unknown flag raises InvalidValue so the mapper can reject it with its location.
+    """
+    code = clean(flag)
+    if code is None:
+        return None
+    code = to_halfwidth(code).upper()
+    if code not in INTERPRETATIONS:
+        raise InvalidValue(f"unknown abnormal flag {code!r}")
+    return [{"coding": [{"system": INTERPRETATION_SYSTEM, "code": code,
+                         "display": INTERPRETATIONS[code]}]}]
+
+
+def lab_value(raw: Any, unit: str | None = None) -> dict[str, Any]:
+    """An Observation ``value[x]`` from a result value as sent.
+
+    - a number (string or JSON number, full-width allowed) -> valueQuantity (with UCUM-less unit)
+    - a comparator and number (``<0.5``, ``>=1000``) -> valueQuantity with ``comparator``
+    - a qualitative word (阴性/阳性/弱阳性) -> valueCodeableConcept (SNOMED CT) with the word as text
+    - anything else -> valueString
+    Returns {} for an absent value.
+    """
+    text = clean(raw)
+    if text is None:
+        return {}
+    half = to_halfwidth(text).replace(" ", "")
+    comparator = None
+    m = _COMPARATOR_RE.match(half)
+    if m:
+        comparator, half = _COMPARATORS.get(m.group(1), m.group(1)), m.group(2)
+    try:
+        number = parse_decimal(half)
+    except InvalidValue:
+        number = None
+    if number is not None:
+        quantity: dict[str, Any] = {"value": decimal_json(number)}
+        if comparator:
+            quantity["comparator"] = comparator
+        if unit:
+            quantity["unit"] = unit
+        return {"valueQuantity": quantity}
+    word = QUALITATIVE_WORDS.get(text) or QUALITATIVE_WORDS.get(text.lower())
+    if word:
+        return {"valueCodeableConcept": {"coding": [{"system": SNOMED_SYSTEM, "code": word[0],
+                                                      "display": word[1]}], "text": text}}
+    return {"valueString": text}
+
+
+_RANGE_RE = re.compile(r"^([+-]?\d+(?:\.\d+)?)\s*(?:-|~|～|—|－|–)\s*([+-]?\d+(?:\.\d+)?)$")
+
+
+def reference_range(raw: Any, unit: str | None = None) -> list[dict] | None:
+    """``3.9-6.1`` / ``3.9~6.1`` / ``<5`` / ``>=10`` as Observation.referenceRange; text otherwise."""
+    text = clean(raw)
+    if text is None:
+        return None
+    half = to_halfwidth(text).replace(" ", "")
+
+    def qty(v: str) -> dict[str, Any]:
+        q: dict[str, Any] = {"value": decimal_json(Decimal(v))}
+        if unit:
+            q["unit"] = unit
+        return q
+
+    m = _RANGE_RE.match(half)
+    if m:
+        return [{"low": qty(m.group(1)), "high": qty(m.group(2)), "text": text}]
+    m = _COMPARATOR_RE.match(half)
+    if m and _NUMBER_RE.match(m.group(2)):
+        op = _COMPARATORS.get(m.group(1), m.group(1))
+        bound = "high" if op.startswith("<") else "low"
+        return [{bound: qty(m.group(2)), "text": text}]
+    return [{"text": text}]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+
+def validate(resource: dict[str, Any]) -> dict[str, Any]:
+    """Validate a resource dict as R4 (``fhir.resources.R4B``) and return it unchanged.
+
+    Raises InvalidValue with the first validation error's path and message.
+    """
+    from fhir.resources.R4B import get_fhir_model_class
+    from pydantic import ValidationError as PydanticValidationError
+
+    model = get_fhir_model_class(resource["resourceType"])
+    try:
+        model.model_validate(resource)
+    except PydanticValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        raise InvalidValue(f"{resource['resourceType']}.{where}: {err.get('msg')}") from None
+    return resource
+
+
+def hospital_organization(code: str, name: str | None = None) -> dict[str, Any]:
+    """The Organization resource for a hospital, id derived from its code."""
+    org: dict[str, Any] = {
+        "resourceType": "Organization",
+        "id": make_id("Organization", code),
+        "identifier": [{"system": HOSPITAL_SYSTEM, "value": code}],
+        "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type",
+                              "code": "prov", "display": "Healthcare Provider"}]}],
+    }
+    if name:
+        org["name"] = name
+    return org
+
+
+def hospital_reference(code: str, name: str | None = None) -> dict[str, Any]:
+    ref: dict[str, Any] = {"reference": f"Organization/{make_id('Organization', code)}"}
+    if name:
+        ref["display"] = name
+    return ref
+
+
+# Resources that many records point at (a hospital, a doctor). The hub upserts them and never
+# retires them when one record stops mentioning them.
+SHARED_TYPES = frozenset({"Organization", "Practitioner"})
