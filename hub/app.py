@@ -1,0 +1,104 @@
+"""``create_app()``: the FastAPI app with its routers, middleware and lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.responses import JSONResponse, Response
+
+from hub import errors, fhir_api, ingest, metrics
+from hub.config import Settings, get_settings
+from hub.db import get_engine
+from hub.migrate import upgrade
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    engine = get_engine(settings.database_url)
+    if settings.migrate_on_start:
+        upgrade(engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        tasks = await _start_background(app)
+        yield
+        for stop in tasks:
+            await stop()
+
+    app = FastAPI(title="yrdhub", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    errors.install(app)
+    app.include_router(fhir_api.router)
+    app.include_router(ingest.router)
+    _install_operating(app)
+    return app
+
+
+async def _start_background(app: FastAPI) -> list:
+    """Start what runs beside the HTTP server; returns the coroutines that stop it."""
+    stops = []
+    for starter in getattr(app.state, "starters", []):
+        stops.append(await starter(app))
+    return stops
+
+
+def _route_label(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")
+
+
+def _install_operating(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def _measure(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        label = _route_label(request)
+        metrics.REQUESTS.labels(request.method, label, str(response.status_code)).inc()
+        metrics.LATENCY.labels(request.method, label).observe(time.perf_counter() - start)
+        return response
+
+    @app.get("/metrics")
+    def _metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def _healthz(request: Request) -> Response:
+        database = await asyncio.to_thread(_database_ok, request.app.state.engine)
+        platforms = await _platforms_reachable(request.app.state.settings)
+        body = {"status": "ok" if database else "unavailable", "database": database,
+                "platforms": platforms}
+        return JSONResponse(body, 200 if database else 503)
+
+
+def _database_ok(engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:  # any failure means "cannot serve"; the reason goes to the log
+        return False
+
+
+async def _platforms_reachable(settings: Settings) -> dict:
+    """Each configured platform: reachable (any HTTP answer) or not; unconfigured ones say so."""
+    urls = settings.insurer_urls()
+
+    async def probe(client, url):
+        try:
+            await client.get(url + "/", timeout=1.0)
+            return "reachable"
+        except httpx.HTTPError:
+            return "unreachable"
+
+    async with httpx.AsyncClient() as client:
+        results = await asyncio.gather(*(probe(client, u) for u in urls.values()))
+    out = {p: "not configured" for p in ("SH", "JS", "ZJ", "AH")}
+    out.update(dict(zip(urls, results)))
+    return out

@@ -1,0 +1,110 @@
+"""The ``yrdhub`` command (hub-interface.md, "Starting and configuring it").
+
+    yrdhub serve [--host 127.0.0.1] [--port 8000]
+    yrdhub token create (--hospital CODE | --insurer SH | --admin)
+    yrdhub db upgrade
+    yrdhub demo [--port 8000]      the hub on its embedded default, with the simulated
+                                   provincial platforms and the fixtures loaded
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from hub.config import PROVINCES, Settings, get_settings
+
+
+def _serve(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from hub import logs
+    from hub.app import create_app
+
+    logs.configure(settings.log_level, settings.log_json)
+    app = create_app(settings)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=True)
+
+
+def cmd_serve(args) -> int:
+    _serve(get_settings(), args.host, args.port)
+    return 0
+
+
+def cmd_token(args) -> int:
+    from hub.auth import create_token
+    from hub.db import get_engine
+    from hub.migrate import upgrade
+
+    settings = get_settings()
+    if args.hospital:
+        kind, subject = "hospital", args.hospital.strip().upper()
+        if not (len(subject) == 12 and subject[0] == "H" and subject[1:].isdigit()):
+            print(f"not a hospital code: {args.hospital!r} (H + 11 digits)", file=sys.stderr)
+            return 2
+    elif args.insurer:
+        kind, subject = "insurer", args.insurer.strip().upper()
+        if subject not in PROVINCES:
+            print(f"not a province: {args.insurer!r} (one of {', '.join(PROVINCES)})",
+                  file=sys.stderr)
+            return 2
+    else:
+        kind, subject = "admin", None
+    engine = get_engine(settings.database_url)
+    upgrade(engine)
+    print(create_token(engine, kind, subject))
+    return 0
+
+
+def cmd_db_upgrade(_args) -> int:
+    from hub.db import get_engine
+    from hub.migrate import upgrade
+
+    upgrade(get_engine(get_settings().database_url))
+    print("database is at the newest revision")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Start the simulated platforms, load the fixtures into a fresh SQLite file, print tokens,
+    and serve. Everything runs on loopback."""
+    from hub import demo
+
+    return demo.run(port=args.port, workdir=Path(args.workdir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="yrdhub", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the hub")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
+    token = sub.add_parser("token", help="manage bearer tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="print a new token (shown once)")
+    who = create.add_mutually_exclusive_group(required=True)
+    who.add_argument("--hospital", metavar="CODE")
+    who.add_argument("--insurer", metavar="PROVINCE")
+    who.add_argument("--admin", action="store_true")
+    create.set_defaults(func=cmd_token)
+    db = sub.add_parser("db", help="database")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+    demo = sub.add_parser("demo", help="the hub with simulated platforms and fixtures")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--workdir", default=os.environ.get("YRDHUB_DEMO_DIR", "demo-data"))
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

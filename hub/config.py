@@ -1,0 +1,59 @@
+"""Settings, from ``YRDHUB_*`` environment variables (and optionally a ``.env``-style file).
+
+Names and defaults are the published interface (world/hub-interface.md, "Starting and
+configuring it"); the rest are the hub's own knobs, each with a safe default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROVINCES = ("SH", "JS", "ZJ", "AH")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="YRDHUB_", env_file=None, extra="ignore")
+
+    database_url: str = "sqlite:///yrdhub.db"
+    insurer_sh_url: str | None = None
+    insurer_js_url: str | None = None
+    insurer_zj_url: str | None = None
+    insurer_ah_url: str | None = None
+    mllp_port: int = 2575
+    mllp_host: str = "127.0.0.1"
+    # "H31010100001@10.1.2.0/24,H31011800012@127.0.0.1"; unset: any hospital, loopback only.
+    mllp_senders: str | None = None
+    max_body_bytes: int = 20 * 1024 * 1024
+    # Apply migrations when the app starts (the CLI's `db upgrade` does the same on demand).
+    migrate_on_start: bool = True
+    log_level: str = "INFO"
+    log_json: bool = True
+    # Days a patient portal session lives.
+    session_hours: int = Field(default=8, ge=1)
+
+    def insurer_urls(self) -> dict[str, str]:
+        """Base URL per province, only for the provinces that are configured."""
+        urls = {p: getattr(self, f"insurer_{p.lower()}_url") for p in PROVINCES}
+        return {p: u.rstrip("/") for p, u in urls.items() if u}
+
+    def mllp_sender_rules(self) -> list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]]:
+        """Parsed ``YRDHUB_MLLP_SENDERS``; raises ValueError naming the bad entry."""
+        rules = []
+        for item in (self.mllp_senders or "").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            hospital, _, net = item.partition("@")
+            if not hospital or not net:
+                raise ValueError(f"YRDHUB_MLLP_SENDERS entry {item!r} is not HOSPITAL@NETWORK")
+            rules.append((hospital, ipaddress.ip_network(net, strict=False)))
+        return rules
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,170 @@
+"""``/ingest/{zj,js,ah}``: hospitals send records; mappers map; the store keeps them.
+
+Order of work, and why: the size limit first (413 before reading a huge body), then the mapper
+(pure, off the event loop), then one transaction that archives the original bytes and stores the
+records, so an upload is either wholly kept (archive and records) or the caller gets an error and
+nothing half-written. A body that cannot be read is archived too, set aside with its reason, so a
+person can look at it and re-run it after a mapper fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+import orjson
+import structlog
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy import insert, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from hub import metrics, store
+from hub.auth import Party, bearer_party, require_hospital
+from hub.db import writer
+from hub.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from hub.models import Upload
+from mappers.common import ForeignSender, MapResult, UnreadableUpload
+
+log = structlog.get_logger("hub.ingest")
+router = APIRouter()
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    module: str  # the mapper module; imported on first use
+
+    def mapper(self) -> Callable[..., MapResult]:
+        return importlib.import_module(self.module).map_upload
+
+
+CHANNELS: dict[str, Channel] = {
+    "zj": Channel("zj", "mappers.zhejiang_json"),
+    "js": Channel("js", "mappers.jiangsu_cda"),
+    "ah": Channel("ah", "mappers.anhui_csv"),
+}
+
+
+@dataclass
+class Outcome:
+    """What an upload came to: the JSON summary of hub-interface.md plus the archive id."""
+
+    upload_id: int
+    stored: int
+    unchanged: int
+    rejected: list[dict]
+    notes: list[str]
+
+    def summary(self) -> dict:
+        return {"stored": self.stored, "unchanged": self.unchanged, "rejected": self.rejected,
+                "notes": self.notes, "upload_id": self.upload_id}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def archive(conn, channel: str, sender: str, body: bytes, content_type: str | None,
+            filename: str | None = None, rerun_of: int | None = None) -> int:
+    row = {"channel": channel, "sender": sender, "received_at": datetime.now(timezone.utc),
+           "content_type": content_type, "filename": filename,
+           "sha256": hashlib.sha256(body).hexdigest(), "rerun_of": rerun_of, "body": body}
+    return conn.execute(insert(Upload).returning(Upload.id), [row]).scalar_one()
+
+
+def set_summary(conn, upload_id: int, summary: dict) -> None:
+    conn.execute(update(Upload).where(Upload.id == upload_id)
+                 .values(summary=orjson.dumps(summary).decode()))
+
+
+def store_mapped(engine: Engine, channel: str, sender: str, body: bytes, result: MapResult,
+                 content_type: str | None, filename: str | None = None,
+                 rerun_of: int | None = None) -> Outcome:
+    """Archive ``body`` and store ``result`` in one transaction; retried on a write conflict
+    (two uploads creating the same patient at once), which the second attempt then sees."""
+    for attempt in range(5):
+        try:
+            with writer(engine).begin() as conn:
+                upload_id = archive(conn, channel, sender, body, content_type, filename, rerun_of)
+                put = store.put_records(conn, channel, result.records, upload_id)
+                outcome = Outcome(upload_id, put.stored, put.unchanged,
+                                  [r.as_dict() for r in result.rejected + put.rejected],
+                                  list(result.notes))
+                set_summary(conn, upload_id, outcome.summary())
+            return outcome
+        except (IntegrityError, OperationalError):
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+def set_aside(engine: Engine, channel: str, sender: str, body: bytes, content_type: str | None,
+              reason: str, filename: str | None = None) -> int:
+    """Archive an upload that could not be read at all, with its reason."""
+    with writer(engine).begin() as conn:
+        upload_id = archive(conn, channel, sender, body, content_type, filename)
+        set_summary(conn, upload_id, {"error": reason, "set_aside": True})
+    return upload_id
+
+
+async def ingest(request: Request, channel: Channel, sender: str, body: bytes,
+                 filename: str | None = None) -> Outcome:
+    """Map and store one upload; 400 (unreadable) and 403 (another sender) after archiving."""
+    engine = request.app.state.engine
+    content_type = request.headers.get("content-type")
+    mapper = channel.mapper()
+    try:
+        result = await run_in_threadpool(_map, mapper, body, sender, filename)
+    except UnreadableUpload as exc:
+        await run_in_threadpool(set_aside, engine, channel.name, sender, body, content_type,
+                                str(exc), filename)
+        metrics.UPLOADS.labels(channel.name, "unreadable").inc()
+        raise BadRequest(str(exc), code=getattr(exc, "code", "UNREADABLE")) from None
+    except ForeignSender as exc:
+        metrics.UPLOADS.labels(channel.name, "foreign").inc()
+        raise Forbidden(str(exc), code="FOREIGN_SENDER") from None
+    outcome = await run_in_threadpool(store_mapped, engine, channel.name, sender, body, result,
+                                      content_type, filename)
+    metrics.UPLOADS.labels(channel.name, "stored").inc()
+    metrics.RECORDS.labels(channel.name, "stored").inc(outcome.stored)
+    metrics.RECORDS.labels(channel.name, "unchanged").inc(outcome.unchanged)
+    metrics.RECORDS.labels(channel.name, "rejected").inc(len(outcome.rejected))
+    log.info("upload stored", channel=channel.name, sender=sender, upload_id=outcome.upload_id,
+             stored=outcome.stored, unchanged=outcome.unchanged, rejected=len(outcome.rejected))
+    return outcome
+
+
+def _map(mapper, body: bytes, sender: str, filename: str | None) -> MapResult:
+    if filename is not None:
+        return mapper(body, sender, filename=filename)
+    return mapper(body, sender)
+
+
+@router.post("/ingest/{channel_name}")
+async def ingest_json_channel(channel_name: str, request: Request,
+                              party: Party = Depends(bearer_party)) -> Response:
+    channel = CHANNELS.get(channel_name)
+    if channel is None:
+        raise NotFound(f"no ingest channel {channel_name!r}")
+    sender = require_hospital(party)
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    if not body:
+        raise BadRequest("empty body")
+    outcome = await ingest(request, channel, sender, body)
+    return Response(orjson.dumps(outcome.summary()), 200, media_type="application/json")

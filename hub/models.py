@@ -1,0 +1,121 @@
+"""The hub's tables (SQLModel). Alembic migrations in ``hub/migrations`` create them.
+
+- ``resource``: the current version of every FHIR resource, its JSON as orjson bytes, with the
+  columns the access layer and the ordering need (patient, sending hospital and its province,
+  the owning record, the sort date). ``resource_history`` keeps every version, current included.
+- ``search_index``: one row per (resource, search parameter, value); searches never scan JSON.
+- ``record``: the unit a sender replaces as a whole (a visit, a document, a report), with the
+  digest of what was last stored, so a re-send of the same thing answers ``unchanged``.
+- ``patient_key``: the patient index, many match keys -> one Patient id.
+- ``upload``: every accepted upload's original bytes, who sent it and when.
+- ``api_token``: bearer tokens, only their SHA-256 stored.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, Index, LargeBinary, Text
+from sqlmodel import Field, SQLModel
+
+
+class Resource(SQLModel, table=True):
+    __tablename__ = "resource"
+    __table_args__ = (
+        Index("ix_resource_patient_type_sort", "patient_id", "res_type", "sort_date"),
+        Index("ix_resource_record", "record_key"),
+    )
+    res_type: str = Field(primary_key=True, max_length=40)
+    res_id: str = Field(primary_key=True, max_length=64)
+    version: int
+    patient_id: str | None = Field(default=None, max_length=64)
+    hospital: str | None = Field(default=None, max_length=20)
+    province: str | None = Field(default=None, max_length=2)
+    record_key: str | None = Field(default=None, max_length=200)
+    # ISO UTC text of the type's date element, for "newest first" (NULLs last).
+    sort_date: str | None = Field(default=None, max_length=20)
+    # Sensitive category of a diagnosis/result ("mental", "hiv", "sti"), None when not sensitive.
+    sensitive: str | None = Field(default=None, max_length=10)
+    deleted: bool = False
+    last_updated: datetime
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class ResourceHistory(SQLModel, table=True):
+    __tablename__ = "resource_history"
+    res_type: str = Field(primary_key=True, max_length=40)
+    res_id: str = Field(primary_key=True, max_length=64)
+    version: int = Field(primary_key=True)
+    deleted: bool = False
+    last_updated: datetime
+    upload_id: int | None = None
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class SearchIndex(SQLModel, table=True):
+    __tablename__ = "search_index"
+    __table_args__ = (
+        Index("ix_search_token", "res_type", "param", "value", "system"),
+        Index("ix_search_date", "res_type", "param", "date_lo"),
+        Index("ix_search_resource", "res_type", "res_id"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    res_type: str = Field(max_length=40)
+    res_id: str = Field(max_length=64)
+    param: str = Field(max_length=40)
+    system: str | None = Field(default=None, max_length=200)
+    value: str | None = Field(default=None, max_length=200)
+    # Half-open [date_lo, date_hi) in ISO UTC text, for date parameters.
+    date_lo: str | None = Field(default=None, max_length=20)
+    date_hi: str | None = Field(default=None, max_length=20)
+
+
+class Record(SQLModel, table=True):
+    __tablename__ = "record"
+    # "<channel>:<hospital>|<source key>"
+    key: str = Field(primary_key=True, max_length=200)
+    hospital: str = Field(max_length=20)
+    patient_id: str = Field(max_length=64)
+    digest: str = Field(max_length=64)
+    # A source's own version (CDA versionNumber); an older one never replaces a newer one.
+    source_version: int | None = None
+    upload_id: int | None = None
+    updated: datetime
+
+
+class Patient(SQLModel, table=True):
+    __tablename__ = "patient"
+    id: str = Field(primary_key=True, max_length=64)
+    # The strongest match key this patient was created under.
+    primary_key: str = Field(max_length=200)
+    created: datetime
+
+
+class PatientKey(SQLModel, table=True):
+    __tablename__ = "patient_key"
+    key: str = Field(primary_key=True, max_length=200)
+    patient_id: str = Field(index=True, max_length=64)
+
+
+class Upload(SQLModel, table=True):
+    __tablename__ = "upload"
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=10)
+    sender: str = Field(max_length=20, index=True)
+    received_at: datetime
+    content_type: str | None = Field(default=None, max_length=200)
+    filename: str | None = Field(default=None, max_length=300)
+    sha256: str = Field(max_length=64, index=True)
+    # Upload this one re-ran (a re-map of an archived original).
+    rerun_of: int | None = None
+    summary: str | None = Field(default=None, sa_column=Column(Text))
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_token"
+    token_hash: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(max_length=10)  # hospital | insurer | admin
+    subject: str | None = Field(default=None, max_length=20)
+    created: datetime
+    revoked: bool = False

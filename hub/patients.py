@@ -1,0 +1,115 @@
+"""The patient index: one Patient per person across provinces.
+
+A person is known by match keys, strongest first:
+
+1. ``rid:<resident ID>`` (checked and widened by the mapper, never repaired);
+2. ``doc:<system>|<number>`` for a passport, HK/Macao pass or permanent residence ID;
+3. ``card:<insurance card number>``;
+4. ``mrn:<hospital>|<number>``, the hospital's own patient number;
+5. ``visit:<hospital>|<record key>``: a visit with nothing else is its own patient.
+
+Name and birth date are never a key: two people may share them. A record joins the patient of
+its strongest key already known; a weaker key only joins a patient that has no conflicting person
+document. Keys are pure functions (``match_keys``); ``resolve`` is the one place that writes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
+
+from hub.models import Patient, PatientKey
+from mappers.common import (
+    HOSPITAL_PATIENT_NO_SYSTEM,
+    INSURANCE_CARD_SYSTEM,
+    PERSON_DOCUMENT_SYSTEMS,
+    RESIDENT_ID_SYSTEM,
+    make_id,
+)
+
+PERSON_KEY_PREFIXES = ("rid:", "doc:")
+
+
+def match_keys(patient: dict[str, Any], hospital: str, record_key: str) -> list[str]:
+    """The match keys of a mapped Patient, strongest first (never empty)."""
+    ids = [(i.get("system"), i.get("value")) for i in patient.get("identifier", [])
+           if i.get("value")]
+    keys = [f"rid:{v}" for s, v in ids if s == RESIDENT_ID_SYSTEM]
+    keys += [f"doc:{s}|{v}" for s, v in ids
+             if s in PERSON_DOCUMENT_SYSTEMS and s != RESIDENT_ID_SYSTEM]
+    keys += [f"card:{v}" for s, v in ids if s == INSURANCE_CARD_SYSTEM]
+    keys += [f"mrn:{hospital}|{v}" for s, v in ids if s == HOSPITAL_PATIENT_NO_SYSTEM]
+    keys.append(f"visit:{hospital}|{record_key}")
+    return list(dict.fromkeys(keys))
+
+
+def _is_person_key(key: str) -> bool:
+    return key.startswith(PERSON_KEY_PREFIXES)
+
+
+def choose(keys: list[str], known: dict[str, str], primaries: dict[str, str]) -> str | None:
+    """Which known patient a record with ``keys`` belongs to (pure; None: a new patient).
+
+    ``known`` maps key -> patient id for the keys already in the index; ``primaries`` maps those
+    patients to the key they were created under. A weaker key (card, hospital number) does not
+    join a patient created under a different person document: that is another person.
+    """
+    own_person = next((k for k in keys if _is_person_key(k)), None)
+    for key in keys:
+        pid = known.get(key)
+        if pid is None:
+            continue
+        primary = primaries.get(pid, "")
+        if own_person and _is_person_key(primary) and primary != own_person:
+            continue
+        return pid
+    return None
+
+
+def resolve(conn: Connection, keys: list[str]) -> tuple[str, bool]:
+    """The patient id for ``keys``, creating the patient if needed; returns (id, created).
+
+    Every key not yet in the index is linked to the chosen patient, so a later record carrying
+    only a weaker key (say the insurance card) finds the same person.
+    """
+    rows = conn.execute(select(PatientKey.key, PatientKey.patient_id)
+                        .where(PatientKey.key.in_(keys))).all()
+    known = {k: p for k, p in rows}
+    primaries = dict(conn.execute(select(Patient.id, Patient.primary_key)
+                                  .where(Patient.id.in_(set(known.values())))).all()) if known else {}
+    pid = choose(keys, known, primaries)
+    created = pid is None
+    if created:
+        pid = make_id("Patient", keys[0])
+        conn.execute(insert(Patient), [{"id": pid, "primary_key": keys[0],
+                                        "created": datetime.now(timezone.utc)}])
+    new = [{"key": k, "patient_id": pid} for k in keys if k not in known]
+    # A person key that already belongs to someone else stays theirs (never re-pointed).
+    if new:
+        conn.execute(insert(PatientKey), new)
+    return pid, created
+
+
+def merge_patient(existing: dict[str, Any] | None, incoming: dict[str, Any], pid: str) -> dict:
+    """The stored Patient after a new record: the newest details, every identifier kept.
+
+    Identifiers are the union (by system and value) so each hospital's number stays findable;
+    other elements come from the incoming record when it has them, else stay as they were.
+    """
+    merged = dict(existing or {})
+    merged.update({k: v for k, v in incoming.items() if k not in ("identifier", "meta")})
+    seen, identifiers = set(), []
+    for ident in (existing or {}).get("identifier", []) + incoming.get("identifier", []):
+        mark = (ident.get("system"), ident.get("value"),
+                (ident.get("assigner") or {}).get("reference"))
+        if mark not in seen:
+            seen.add(mark)
+            identifiers.append(ident)
+    if identifiers:
+        merged["identifier"] = identifiers
+    merged["resourceType"] = "Patient"
+    merged["id"] = pid
+    return merged

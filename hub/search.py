@@ -1,0 +1,316 @@
+"""FHIR search: which parameters each type has, how their values are indexed, and how a query
+string becomes SQL over ``search_index``.
+
+Parameters are data (``PARAMS``): a name, a kind and the element paths it reads. Indexing happens
+once on write (``index_rows``); a search is a join per parameter on indexed columns, never a JSON
+scan. Dates are half-open UTC ranges ``[lo, hi)`` in ISO text so they compare as strings on both
+SQLite and PostgreSQL; a value's precision gives its range (a date is its whole day, +08:00).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, Iterable
+
+from sqlalchemy import and_, exists, or_, select
+
+from hub.models import SearchIndex
+from mappers.common import CST
+
+
+class SearchError(ValueError):
+    """A search the hub cannot run (unknown parameter, bad value); answered 400."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # token | date | reference | string
+    paths: tuple[str, ...]
+
+
+def _p(name: str, kind: str, *paths: str) -> Param:
+    return Param(name, kind, paths)
+
+
+_CLINICAL_COMMON = (_p("encounter", "reference", "encounter"),)
+
+PARAMS: dict[str, tuple[Param, ...]] = {
+    "Patient": (
+        _p("identifier", "token", "identifier"),
+        _p("birthdate", "date", "birthDate"),
+        _p("gender", "token", "gender"),
+    ),
+    "Encounter": (
+        _p("patient", "reference", "subject"),
+        _p("date", "date", "period"),
+        _p("identifier", "token", "identifier"),
+        _p("class", "token", "class"),
+    ),
+    "Condition": (
+        _p("patient", "reference", "subject"),
+        _p("recorded-date", "date", "recordedDate"),
+        _p("onset-date", "date", "onsetDateTime", "onsetPeriod"),
+        _p("code", "token", "code"),
+        _p("category", "token", "category"),
+        *_CLINICAL_COMMON,
+    ),
+    "Observation": (
+        _p("patient", "reference", "subject"),
+        _p("date", "date", "effectiveDateTime", "effectivePeriod", "effectiveInstant"),
+        _p("code", "token", "code"),
+        _p("category", "token", "category"),
+        *_CLINICAL_COMMON,
+    ),
+    "DiagnosticReport": (
+        _p("patient", "reference", "subject"),
+        _p("date", "date", "effectiveDateTime", "effectivePeriod"),
+        _p("code", "token", "code"),
+        _p("category", "token", "category"),
+        _p("identifier", "token", "identifier"),
+        *_CLINICAL_COMMON,
+    ),
+    "ImagingStudy": (
+        _p("patient", "reference", "subject"),
+        _p("started", "date", "started"),
+        _p("identifier", "token", "identifier"),
+        _p("modality", "token", "modality", "series.modality"),
+        *_CLINICAL_COMMON,
+    ),
+    "AllergyIntolerance": (
+        _p("patient", "reference", "patient"),
+        _p("date", "date", "recordedDate"),
+        _p("code", "token", "code"),
+        _p("category", "token", "category"),
+    ),
+    "MedicationRequest": (
+        _p("patient", "reference", "subject"),
+        _p("authoredon", "date", "authoredOn"),
+        _p("code", "token", "medicationCodeableConcept"),
+        _p("category", "token", "category"),
+        *_CLINICAL_COMMON,
+    ),
+    "Organization": (_p("identifier", "token", "identifier"),),
+    "Practitioner": (_p("identifier", "token", "identifier"),),
+}
+
+# The element that orders a type's searchset, newest first (the first date parameter).
+SORT_PARAM: dict[str, str] = {
+    t: next((p.name for p in ps if p.kind == "date"), "") for t, ps in PARAMS.items()
+}
+CLINICAL_TYPES = tuple(t for t in PARAMS if t not in ("Patient", "Organization", "Practitioner"))
+RESULT_PARAMS = frozenset({"_count", "_offset", "_sort", "_format", "_summary", "_elements"})
+
+
+def param_of(res_type: str, name: str) -> Param:
+    for p in PARAMS.get(res_type, ()):
+        if p.name == name:
+            return p
+    raise SearchError(f"unknown search parameter {name!r} for {res_type}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Values of an element path
+# ---------------------------------------------------------------------------------------------
+
+
+def _values(resource: dict[str, Any], path: str) -> list[Any]:
+    """Every value at a dotted element path, lists flattened."""
+    current: list[Any] = [resource]
+    for step in path.split("."):
+        nxt: list[Any] = []
+        for node in current:
+            if isinstance(node, dict) and step in node:
+                v = node[step]
+                nxt.extend(v if isinstance(v, list) else [v])
+        current = nxt
+    return current
+
+
+def _tokens(value: Any) -> Iterable[tuple[str | None, str]]:
+    """(system, code) pairs of a code, Coding, CodeableConcept or Identifier."""
+    if isinstance(value, str):
+        yield None, value
+    elif isinstance(value, dict):
+        if "coding" in value:
+            for c in value["coding"]:
+                if c.get("code"):
+                    yield c.get("system"), c["code"]
+        if "value" in value and isinstance(value["value"], str):  # Identifier
+            yield value.get("system"), value["value"]
+        if "code" in value and isinstance(value["code"], str):  # Coding
+            yield value.get("system"), value["code"]
+
+
+_DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?"
+                      r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+
+
+def _utc_text(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def date_range(text: str) -> tuple[str, str]:
+    """The half-open UTC range ``[lo, hi)`` a FHIR date/dateTime value covers at its precision.
+
+    A value without an offset is +08:00 (the region's time). Raises SearchError if unreadable.
+    """
+    m = _DATE_RE.match(text.strip())
+    if not m:
+        raise SearchError(f"not a FHIR date: {text!r}")
+    y, mo, d, hh, mi, ss, tz = m.groups()
+    tzinfo = CST
+    if tz == "Z":
+        tzinfo = timezone.utc
+    elif tz:
+        sign = 1 if tz[0] == "+" else -1
+        tzinfo = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
+    try:
+        if hh is not None:
+            lo = datetime(int(y), int(mo), int(d), int(hh), int(mi), int(ss or 0), tzinfo=tzinfo)
+            hi = lo + (timedelta(seconds=1) if ss else timedelta(minutes=1))
+        elif d is not None:
+            lo = datetime.combine(date(int(y), int(mo), int(d)), time(), tzinfo)
+            hi = lo + timedelta(days=1)
+        elif mo is not None:
+            lo = datetime(int(y), int(mo), 1, tzinfo=tzinfo)
+            hi = datetime(int(y) + (int(mo) == 12), int(mo) % 12 + 1, 1, tzinfo=tzinfo)
+        else:
+            lo = datetime(int(y), 1, 1, tzinfo=tzinfo)
+            hi = datetime(int(y) + 1, 1, 1, tzinfo=tzinfo)
+    except ValueError as exc:
+        raise SearchError(f"not a real date: {text!r}") from exc
+    return _utc_text(lo), _utc_text(hi)
+
+
+def _element_range(value: Any) -> tuple[str, str] | None:
+    """The range of a date, dateTime, instant or Period element.
+
+    A Period with a start and no end covers its start only: the provinces send outpatient visits
+    as a start time, and a search for that day must find them. A Period with only an end is open
+    towards the past.
+    """
+    if isinstance(value, str):
+        return date_range(value)
+    if isinstance(value, dict) and ("start" in value or "end" in value):
+        if not value.get("end"):
+            return date_range(value["start"])
+        lo = date_range(value["start"])[0] if value.get("start") else "0000-01-01T00:00:00"
+        return lo, date_range(value["end"])[1]
+    return None
+
+
+def index_rows(res_type: str, res_id: str, resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``search_index`` rows of one resource (plain dicts for a bulk insert)."""
+    rows: list[dict[str, Any]] = []
+    for param in PARAMS.get(res_type, ()):
+        for path in param.paths:
+            for value in _values(resource, path):
+                rows.extend(_rows_for(param, value))
+    for row in rows:
+        row.update(res_type=res_type, res_id=res_id)
+        for k in ("system", "value", "date_lo", "date_hi"):
+            row.setdefault(k, None)
+    return rows
+
+
+def _rows_for(param: Param, value: Any) -> list[dict[str, Any]]:
+    if param.kind == "token":
+        return [{"param": param.name, "system": s, "value": v[:200]} for s, v in _tokens(value)]
+    if param.kind == "reference":
+        ref = value.get("reference") if isinstance(value, dict) else None
+        return [{"param": param.name, "value": ref.split("/")[-1]}] if ref else []
+    if param.kind == "date":
+        try:
+            rng = _element_range(value)
+        except SearchError:
+            return []
+        return [{"param": param.name, "date_lo": rng[0], "date_hi": rng[1]}] if rng else []
+    return []
+
+
+def sort_date(res_type: str, resource: dict[str, Any]) -> str | None:
+    """The start of the type's ordering date element, in UTC text (None when absent)."""
+    name = SORT_PARAM.get(res_type)
+    if not name:
+        return None
+    for path in param_of(res_type, name).paths:
+        for value in _values(resource, path):
+            try:
+                rng = _element_range(value)
+            except SearchError:
+                continue
+            if rng:
+                return rng[0]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Query string -> SQL conditions on resource (type, id)
+# ---------------------------------------------------------------------------------------------
+
+_PREFIXES = ("eq", "ne", "ge", "le", "gt", "lt")
+
+
+def _date_condition(raw: str):
+    prefix, text = ("eq", raw)
+    if raw[:2] in _PREFIXES and not raw[:2].isdigit():
+        prefix, text = raw[:2], raw[2:]
+    lo, hi = date_range(text)
+    si = SearchIndex
+    conditions = {
+        "eq": and_(si.date_lo >= lo, si.date_hi <= hi),
+        "ne": or_(si.date_lo < lo, si.date_hi > hi),
+        "ge": si.date_hi > lo,
+        "gt": si.date_hi > hi,
+        "le": si.date_lo < hi,
+        "lt": si.date_lo < lo,
+    }
+    return conditions[prefix]
+
+
+def _token_condition(raw: str):
+    si = SearchIndex
+    if "|" not in raw:
+        return si.value == raw
+    system, _, code = raw.partition("|")
+    if not system:
+        return and_(si.system.is_(None), si.value == code)
+    if not code:
+        return si.system == system
+    return and_(si.system == system, si.value == code)
+
+
+def _reference_condition(raw: str):
+    return SearchIndex.value == raw.split("/")[-1]
+
+
+_CONDITION = {"date": _date_condition, "token": _token_condition, "reference": _reference_condition}
+
+
+def conditions(res_type: str, params: list[tuple[str, str]], resource_table) -> list:
+    """SQL conditions, one EXISTS per parameter occurrence (AND), comma values OR'ed.
+
+    ``params`` excludes result parameters (``_count`` ...). ``_id`` is matched on the resource
+    itself. Unknown parameters raise SearchError (the hub answers 400 rather than silently
+    ignoring a filter the caller relies on).
+    """
+    out = []
+    for name, raw in params:
+        if name == "_id":
+            out.append(resource_table.c.res_id.in_(raw.split(",")))
+            continue
+        base, _, modifier = name.partition(":")
+        if modifier:
+            raise SearchError(f"search modifier {modifier!r} is not supported")
+        param = param_of(res_type, base)
+        alternatives = [_CONDITION[param.kind](v) for v in raw.split(",") if v != ""]
+        if not alternatives:
+            raise SearchError(f"empty value for search parameter {name!r}")
+        si = SearchIndex
+        out.append(exists(select(si.id).where(
+            si.res_type == res_type, si.res_id == resource_table.c.res_id, si.param == param.name,
+            or_(*alternatives))))
+    return out

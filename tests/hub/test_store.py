@@ -1,0 +1,76 @@
+"""Replace, unchanged and history rules of the store."""
+
+import orjson
+from sqlalchemy import select
+
+from hub import store
+from hub.db import writer
+from hub.models import Resource, ResourceHistory, SearchIndex
+from mappers.common import PATIENT_REF, RESIDENT_ID_SYSTEM, Record, make_id
+
+RID = "33042119850412002X"
+
+
+def visit(key="V1", codes=("J06.900",)):
+    pat = {"resourceType": "Patient", "identifier": [{"system": RESIDENT_ID_SYSTEM, "value": RID}]}
+    resources = [{"resourceType": "Condition", "id": make_id("c", key, c),
+                  "subject": {"reference": PATIENT_REF},
+                  "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": c}]}}
+                 for c in codes]
+    return Record(key=key, hospital="H33042100015", patient=pat, resources=resources)
+
+
+def put(engine, *records):
+    with writer(engine).begin() as conn:
+        return store.put_records(conn, "zj", list(records), None)
+
+
+def current(engine, res_type="Condition"):
+    with engine.connect() as conn:
+        return conn.execute(select(Resource.res_id, Resource.version, Resource.deleted,
+                                   Resource.content, Resource.patient_id)
+                            .where(Resource.res_type == res_type)).all()
+
+
+def test_same_record_twice_is_unchanged(db):
+    assert put(db, visit()).stored == 1
+    again = put(db, visit())
+    assert (again.stored, again.unchanged) == (0, 1)
+    assert [r.version for r in current(db)] == [1]
+
+
+def test_resend_replaces_and_keeps_history(db):
+    put(db, visit(codes=("J06.900", "R05.x00")))
+    result = put(db, visit(codes=("J06.900", "J20.900")))
+    assert result.stored == 1
+    rows = {r.res_id: r for r in current(db)}
+    dropped = rows[make_id("c", "V1", "R05.x00")]
+    assert dropped.deleted and dropped.version == 2
+    assert not rows[make_id("c", "V1", "J20.900")].deleted
+    assert rows[make_id("c", "V1", "J06.900")].version == 1  # unchanged resource keeps its version
+    with db.connect() as conn:
+        history = conn.execute(select(ResourceHistory.version, ResourceHistory.deleted)
+                               .where(ResourceHistory.res_id == dropped.res_id)
+                               .order_by(ResourceHistory.version)).all()
+        indexed = conn.execute(select(SearchIndex.value).where(
+            SearchIndex.res_id == dropped.res_id)).all()
+    assert [(h.version, h.deleted) for h in history] == [(1, False), (2, True)]
+    assert indexed == []
+
+
+def test_patient_placeholder_is_rewritten_to_the_index_id(db):
+    put(db, visit())
+    row = current(db)[0]
+    assert orjson.loads(row.content)["subject"]["reference"] == f"Patient/{row.patient_id}"
+    with db.connect() as conn:
+        refs = conn.execute(select(SearchIndex.value).where(SearchIndex.param == "patient")).scalars().all()
+    assert refs == [row.patient_id]
+
+
+def test_sensitive_category_is_recorded(db):
+    put(db, visit(codes=("F32.900", "J06.900")))
+    with db.connect() as conn:
+        cats = dict(conn.execute(select(Resource.res_id, Resource.sensitive)
+                                 .where(Resource.res_type == "Condition")).all())
+    assert cats[make_id("c", "V1", "F32.900")] == "mental"
+    assert cats[make_id("c", "V1", "J06.900")] is None
