@@ -16,8 +16,9 @@ import structlog
 from mappers.common import mask_resident_id
 
 # 18 characters (17 digits and a digit or X) or the 15-digit legacy form, not inside a longer
-# run of digits (so order numbers and timestamps are left alone).
-_RID_RE = re.compile(r"(?<![0-9A-Za-z])(\d{17}[\dXx]|\d{15})(?![0-9A-Za-z])")
+# run of digits (so order numbers and timestamps are left alone). Letters may touch it: in a URL
+# the ID follows "%7C" (an encoded "|").
+_RID_RE = re.compile(r"(?<!\d)(\d{17}[\dXx]|\d{15})(?![\dXx])")
 
 
 def scrub(text: str) -> str:

@@ -1,0 +1,48 @@
+"""/healthz, /metrics, and logs that never hold a full resident ID."""
+
+import io
+import json
+import logging
+
+import structlog
+
+from hub import logs
+from mappers.common import RESIDENT_ID_SYSTEM
+from tests.conftest import FIXTURES
+
+RID = "33042119850412002X"
+
+
+def test_healthz_and_metrics(hub):
+    with hub.client() as c:
+        health = c.get("/healthz")
+        assert health.status_code == 200 and health.json()["database"] is True
+        assert health.json()["platforms"]["SH"] == "not configured"
+        c.get("/healthz")
+        text = c.get("/metrics").text
+    assert 'yrdhub_http_requests_total{method="GET",route="/healthz",status="200"}' in text
+
+
+def test_scrub_masks_resident_ids_but_not_other_numbers():
+    line = f"identifier={RESIDENT_ID_SYSTEM}|{RID} msg 20240315093000 H33042100015 440524800101001"
+    out = logs.scrub(line)
+    assert RID not in out and "3304**********002X" in out
+    assert "440524800101001" not in out
+    assert "20240315093000" in out and "H33042100015" in out
+
+
+def test_logs_of_a_real_upload_and_lookup_hold_no_full_id(hub):
+    stream = io.StringIO()
+    logs.configure("INFO", json=True, stream=stream)
+    try:
+        token = hub.token("hospital", "H33042100015")
+        with hub.client(token) as c:
+            c.post("/ingest/zj", content=(FIXTURES / "zj" / "upload_basic.json").read_bytes())
+            c.get("/fhir/Patient", params={"identifier": f"{RESIDENT_ID_SYSTEM}|{RID}"})
+        logging.getLogger("uvicorn.access").info('"GET /fhir/Patient?identifier=%s HTTP/1.1"', RID)
+    finally:
+        structlog.reset_defaults()
+    written = stream.getvalue()
+    assert "upload stored" in written
+    assert "3304**********002X" in written
+    assert RID not in written
