@@ -10,24 +10,18 @@ A person is known by match keys, strongest first:
 
 Name and birth date are never a key: two people may share them. A record joins the patient of
 its strongest key already known; a weaker key only joins a patient that has no conflicting person
-document. Keys are pure functions (``match_keys``); ``resolve`` is the one place that writes.
+document. The rules are pure functions here; ``hub.store`` applies them to a whole upload.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy.engine import Connection
-
-from hub.models import Patient, PatientKey
 from mappers.common import (
     HOSPITAL_PATIENT_NO_SYSTEM,
     INSURANCE_CARD_SYSTEM,
     PERSON_DOCUMENT_SYSTEMS,
     RESIDENT_ID_SYSTEM,
-    make_id,
 )
 
 PERSON_KEY_PREFIXES = ("rid:", "doc:")
@@ -67,30 +61,6 @@ def choose(keys: list[str], known: dict[str, str], primaries: dict[str, str]) ->
             continue
         return pid
     return None
-
-
-def resolve(conn: Connection, keys: list[str]) -> tuple[str, bool]:
-    """The patient id for ``keys``, creating the patient if needed; returns (id, created).
-
-    Every key not yet in the index is linked to the chosen patient, so a later record carrying
-    only a weaker key (say the insurance card) finds the same person.
-    """
-    rows = conn.execute(select(PatientKey.key, PatientKey.patient_id)
-                        .where(PatientKey.key.in_(keys))).all()
-    known = {k: p for k, p in rows}
-    primaries = dict(conn.execute(select(Patient.id, Patient.primary_key)
-                                  .where(Patient.id.in_(set(known.values())))).all()) if known else {}
-    pid = choose(keys, known, primaries)
-    created = pid is None
-    if created:
-        pid = make_id("Patient", keys[0])
-        conn.execute(insert(Patient), [{"id": pid, "primary_key": keys[0],
-                                        "created": datetime.now(timezone.utc)}])
-    new = [{"key": k, "patient_id": pid} for k in keys if k not in known]
-    # A person key that already belongs to someone else stays theirs (never re-pointed).
-    if new:
-        conn.execute(insert(PatientKey), new)
-    return pid, created
 
 
 def merge_patient(existing: dict[str, Any] | None, incoming: dict[str, Any], pid: str) -> dict:

@@ -17,13 +17,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from hub import patients, search, sensitivity
+from hub.models import Patient as PatientRow
+from hub.models import PatientKey
 from hub.models import Record as RecordRow
 from hub.models import Resource, ResourceHistory, SearchIndex
-from mappers.common import PATIENT_REF, SHARED_TYPES, Record, Rejection, province_of
+from mappers.common import PATIENT_REF, SHARED_TYPES, Record, Rejection, make_id, province_of
 
 _PATIENT_REF = PATIENT_REF.encode()
 R = Resource.__table__
@@ -61,108 +63,229 @@ def with_meta(content: bytes, version: int, last_updated: datetime) -> bytes:
 
 def put_records(conn: Connection, channel: str, records: list[Record],
                 upload_id: int | None) -> PutResult:
-    """Store ``records`` (already mapped and validated) in ``conn``'s transaction."""
+    """Store ``records`` (already mapped and validated) in ``conn``'s transaction.
+
+    The whole upload is written in a handful of set-wise statements (one look-up of the record
+    rows, one of the patient index, one of the current resources; bulk inserts and updates),
+    not statements per resource. Within one upload, a later record wins over an earlier one
+    with the same key, and two records of one person resolve to one patient.
+    """
     result = PutResult()
     now = datetime.now(timezone.utc)
-    for record in records:
-        outcome = _put_record(conn, channel, record, upload_id, now)
+    keyed = {f"{channel}:{r.hospital}|{r.key}": r for r in records}
+    digests = {k: record_digest(r) for k, r in keyed.items()}
+    stored_rows = _load_records(conn, list(keyed))
+    todo: dict[str, Record] = {}
+    for key, record in keyed.items():
+        row = stored_rows.get(key)
+        outcome = _compare(record, digests[key], row)
         if isinstance(outcome, Rejection):
             result.rejected.append(outcome)
-            continue
-        changed, pid = outcome
-        result.patients.add(pid)
-        if changed:
-            result.stored += 1
-        else:
+        elif outcome == "unchanged":
             result.unchanged += 1
+            result.patients.add(row.patient_id)
+        else:
+            todo[key] = record
+    if todo:
+        pids = _resolve_patients(conn, todo)
+        batch = _Batch(conn, upload_id, now)
+        _add_patients(conn, batch, todo, pids)
+        for key, record in todo.items():
+            batch.add_record(key, record, pids[key])
+        batch.retire_dropped([k for k in todo if k in stored_rows])
+        batch.flush()
+        _write_record_rows(conn, todo, digests, pids, stored_rows, upload_id, now)
+        result.stored += len(todo)
+        result.patients.update(pids.values())
     return result
 
 
-def _put_record(conn: Connection, channel: str, record: Record, upload_id: int | None,
-                now: datetime) -> tuple[bool, str] | Rejection:
-    key = f"{channel}:{record.hospital}|{record.key}"
-    digest = record_digest(record)
+def _chunks(items: list, size: int = 800):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _load_records(conn: Connection, keys: list[str]) -> dict:
+    rows = {}
+    for part in _chunks(keys):
+        for row in conn.execute(select(RecordRow.key, RecordRow.digest, RecordRow.patient_id,
+                                       RecordRow.source_version).where(RecordRow.key.in_(part))):
+            rows[row.key] = row
+    return rows
+
+
+def _compare(record: Record, digest: str, row) -> str | Rejection:
+    """``new``, ``changed``, ``unchanged``, or a Rejection for an older source version."""
+    if row is None:
+        return "new"
+    if row.digest == digest:
+        return "unchanged"
     version = getattr(record, "version", None)
-    row = conn.execute(select(RecordRow.digest, RecordRow.patient_id, RecordRow.source_version)
-                       .where(RecordRow.key == key)).first()
-    if row is not None and row.digest == digest:
-        return False, row.patient_id
-    if row is not None and version is not None and (row.source_version or 0) > version:
+    if version is not None and (row.source_version or 0) > version:
         return Rejection(record.location or record.key,
                          f"version {version} is older than the stored version "
                          f"{row.source_version}; not replaced")
-    keys = patients.match_keys(record.patient, record.hospital, record.key)
-    pid, _ = patients.resolve(conn, keys)
-    _put_patient(conn, record.patient, pid, upload_id, now)
-    ref = f"Patient/{pid}".encode()
-    contents = {(r["resourceType"], r["id"]): (dumps(r).replace(_PATIENT_REF, ref), r)
-                for r in record.resources}
-    _write_resources(conn, key, record.hospital, pid, contents, upload_id, now,
-                     existing=row is not None)
-    values = {"key": key, "hospital": record.hospital, "patient_id": pid, "digest": digest,
-              "source_version": version, "upload_id": upload_id, "updated": now}
-    if row is None:
-        conn.execute(insert(RecordRow), [values])
-    else:
-        conn.execute(update(RecordRow).where(RecordRow.key == key).values(**values))
-    return True, pid
+    return "changed"
 
 
-def _put_patient(conn, incoming: dict, pid: str, upload_id, now) -> None:
-    current = conn.execute(select(R.c.content).where(R.c.res_type == "Patient",
-                                                     R.c.res_id == pid)).first()
-    existing = orjson.loads(current.content) if current else None
-    merged = patients.merge_patient(existing, incoming, pid)
-    _upsert(conn, {("Patient", pid): (dumps(merged), merged)}, record_key=None,
-            hospital=None, pid=pid, upload_id=upload_id, now=now)
+def _resolve_patients(conn: Connection, todo: dict[str, Record]) -> dict[str, str]:
+    """Record key -> patient id, resolving the whole upload against the index at once."""
+    keys_of = {k: patients.match_keys(r.patient, r.hospital, r.key) for k, r in todo.items()}
+    all_keys = list({m for ms in keys_of.values() for m in ms})
+    known: dict[str, str] = {}
+    for part in _chunks(all_keys):
+        known.update(conn.execute(select(PatientKey.key, PatientKey.patient_id)
+                                  .where(PatientKey.key.in_(part))).all())
+    primaries: dict[str, str] = {}
+    for part in _chunks(list(set(known.values()))):
+        primaries.update(conn.execute(select(PatientRow.id, PatientRow.primary_key)
+                                      .where(PatientRow.id.in_(part))).all())
+    new_patients, new_keys, pids = [], [], {}
+    for key, match in keys_of.items():
+        pid = patients.choose(match, known, primaries)
+        if pid is None:
+            pid = make_id("Patient", match[0])
+            if pid not in primaries:
+                primaries[pid] = match[0]
+                new_patients.append({"id": pid, "primary_key": match[0],
+                                     "created": datetime.now(timezone.utc)})
+        for m in match:
+            if m not in known:
+                known[m] = pid
+                new_keys.append({"key": m, "patient_id": pid})
+        pids[key] = pid
+    if new_patients:
+        conn.execute(insert(PatientRow), new_patients)
+    if new_keys:
+        conn.execute(insert(PatientKey), new_keys)
+    return pids
 
 
-def _write_resources(conn, key, hospital, pid, contents, upload_id, now, existing: bool) -> None:
-    shared = {k: v for k, v in contents.items() if k[0] in SHARED_TYPES}
-    owned = {k: v for k, v in contents.items() if k[0] not in SHARED_TYPES}
-    if shared:
-        _upsert(conn, shared, record_key=None, hospital=hospital, pid=None,
-                upload_id=upload_id, now=now)
-    _upsert(conn, owned, record_key=key, hospital=hospital, pid=pid, upload_id=upload_id,
-            now=now)
-    if existing:
-        _retire_missing(conn, key, set(owned), upload_id, now)
+def _add_patients(conn: Connection, batch: "_Batch", todo: dict[str, Record],
+                  pids: dict[str, str]) -> None:
+    """Merge each record's Patient into the stored one (in upload order) and queue the result."""
+    merged: dict[str, dict] = {}
+    for part in _chunks(list(set(pids.values()))):
+        for row in conn.execute(select(R.c.res_id, R.c.content)
+                                .where(R.c.res_type == "Patient", R.c.res_id.in_(part))):
+            merged[row.res_id] = orjson.loads(row.content)
+    for key, record in todo.items():
+        pid = pids[key]
+        merged[pid] = patients.merge_patient(merged.get(pid), record.patient, pid)
+    for pid in set(pids.values()):
+        batch.add("Patient", pid, merged[pid], record_key=None, hospital=None, pid=pid)
 
 
-def _upsert(conn, contents: dict, record_key, hospital, pid, upload_id, now) -> None:
-    """Write each resource whose bytes differ from its current version as a new version."""
-    if not contents:
-        return
-    ids_by_type: dict[str, list[str]] = {}
-    for t, i in contents:
-        ids_by_type.setdefault(t, []).append(i)
-    current = {}
-    for t, ids in ids_by_type.items():
-        for row in conn.execute(select(R.c.res_id, R.c.version, R.c.content, R.c.deleted)
-                                .where(R.c.res_type == t, R.c.res_id.in_(ids))):
-            current[(t, row.res_id)] = row
-    inserts, history, index = [], [], []
-    for (t, i), (content, resource) in contents.items():
-        old = current.get((t, i))
-        if old is not None and old.content == content and not old.deleted:
-            continue
-        version = old.version + 1 if old is not None else 1
-        values = _resource_values(t, i, version, content, resource, record_key, hospital, pid,
-                                  now)
-        if old is None:
-            inserts.append(values)
-        else:
-            conn.execute(update(R).where(R.c.res_type == t, R.c.res_id == i).values(**values))
-            conn.execute(delete(SI).where(SI.c.res_type == t, SI.c.res_id == i))
-        history.append({"res_type": t, "res_id": i, "version": version, "deleted": False,
-                        "last_updated": now, "upload_id": upload_id, "content": content})
-        index.extend(_index_rows(t, i, resource, pid))
-    if inserts:
-        conn.execute(insert(R), inserts)
-    if history:
-        conn.execute(insert(H), history)
-    if index:
-        conn.execute(insert(SI), index)
+def _write_record_rows(conn, todo, digests, pids, stored_rows, upload_id, now) -> None:
+    rows = [{"key": k, "hospital": r.hospital, "patient_id": pids[k], "digest": digests[k],
+             "source_version": getattr(r, "version", None), "upload_id": upload_id,
+             "updated": now} for k, r in todo.items()]
+    new = [row for row in rows if row["key"] not in stored_rows]
+    old = [dict(row, w_key=row.pop("key")) for row in rows if row["key"] in stored_rows]
+    if new:
+        conn.execute(insert(RecordRow), new)
+    if old:
+        conn.execute(update(RecordRow).where(RecordRow.key == bindparam("w_key")), old)
+
+
+class _Batch:
+    """The resource versions one upload writes, flushed in a few set-wise statements."""
+
+    def __init__(self, conn: Connection, upload_id: int | None, now: datetime):
+        self.conn, self.upload_id, self.now = conn, upload_id, now
+        self.writes: dict[tuple[str, str], dict] = {}
+        self.retired: list = []
+
+    def add(self, t: str, i: str, resource: dict, record_key, hospital, pid,
+            content: bytes | None = None) -> None:
+        self.writes[(t, i)] = {
+            "res_type": t, "res_id": i, "patient_id": pid, "hospital": hospital,
+            "province": province_of(hospital) if hospital else None, "record_key": record_key,
+            "sort_date": search.sort_date(t, resource),
+            "sensitive": sensitivity.category_of(resource), "deleted": False,
+            "last_updated": self.now, "content": content or dumps(resource),
+            "_resource": resource}
+
+    def add_record(self, key: str, record: Record, pid: str) -> None:
+        ref = f"Patient/{pid}".encode()
+        for r in record.resources:
+            shared = r["resourceType"] in SHARED_TYPES
+            self.add(r["resourceType"], r["id"], r, None if shared else key, record.hospital,
+                     None if shared else pid, dumps(r).replace(_PATIENT_REF, ref))
+
+    def retire_dropped(self, record_keys: list[str]) -> None:
+        """Queue as deleted the resources of replaced records that the new versions dropped."""
+        for part in _chunks(record_keys):
+            for row in self.conn.execute(
+                    select(R.c.res_type, R.c.res_id, R.c.version, R.c.content)
+                    .where(R.c.record_key.in_(part), R.c.deleted.is_(False))):
+                if (row.res_type, row.res_id) not in self.writes:
+                    self.retired.append(row)
+
+    def _current(self) -> dict:
+        by_type: dict[str, list[str]] = {}
+        for t, i in self.writes:
+            by_type.setdefault(t, []).append(i)
+        current = {}
+        for t, ids in by_type.items():
+            for part in _chunks(ids):
+                for row in self.conn.execute(
+                        select(R.c.res_id, R.c.version, R.c.content, R.c.deleted)
+                        .where(R.c.res_type == t, R.c.res_id.in_(part))):
+                    current[(t, row.res_id)] = row
+        return current
+
+    def flush(self) -> None:
+        current = self._current()
+        inserts, updates, history, index, reindex = [], [], [], [], []
+        for (t, i), values in self.writes.items():
+            resource = values.pop("_resource")
+            old = current.get((t, i))
+            if old is not None and old.content == values["content"] and not old.deleted:
+                continue
+            values["version"] = old.version + 1 if old is not None else 1
+            if old is None:
+                inserts.append(values)
+            else:
+                updates.append(dict(values, w_type=t, w_id=i))
+                reindex.append((t, i))
+            history.append(self._history(t, i, values["version"], values["content"], False))
+            index.extend(_index_rows(t, i, resource, values["patient_id"]))
+        for row in self.retired:
+            updates.append({"w_type": row.res_type, "w_id": row.res_id, "deleted": True,
+                            "version": row.version + 1, "last_updated": self.now})
+            reindex.append((row.res_type, row.res_id))
+            history.append(self._history(row.res_type, row.res_id, row.version + 1, row.content,
+                                         True))
+        self._execute(inserts, updates, history, index, reindex)
+
+    def _history(self, t, i, version, content, deleted) -> dict:
+        return {"res_type": t, "res_id": i, "version": version, "deleted": deleted,
+                "last_updated": self.now, "upload_id": self.upload_id, "content": content}
+
+    def _execute(self, inserts, updates, history, index, reindex) -> None:
+        conn = self.conn
+        for part in _chunks(reindex):
+            for t in {t for t, _ in part}:
+                conn.execute(delete(SI).where(SI.c.res_type == t,
+                                              SI.c.res_id.in_([i for tt, i in part if tt == t])))
+        if inserts:
+            conn.execute(insert(R), inserts)
+        for group in _group_by_keys(updates):
+            conn.execute(update(R).where(R.c.res_type == bindparam("w_type"),
+                                         R.c.res_id == bindparam("w_id")), group)
+        if history:
+            conn.execute(insert(H), history)
+        if index:
+            conn.execute(insert(SI), index)
+
+
+def _group_by_keys(rows: list[dict]) -> list[list[dict]]:
+    """executemany needs the same keys in every row: group updates by their key set."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row)), []).append(row)
+    return list(groups.values())
 
 
 def _index_rows(t: str, i: str, resource: dict, pid: str | None) -> list[dict]:
@@ -173,27 +296,3 @@ def _index_rows(t: str, i: str, resource: dict, pid: str | None) -> list[dict]:
             if row["value"] == placeholder:
                 row["value"] = pid
     return rows
-
-
-def _resource_values(t, i, version, content, resource, record_key, hospital, pid, now) -> dict:
-    return {"res_type": t, "res_id": i, "version": version, "patient_id": pid,
-            "hospital": hospital, "province": province_of(hospital) if hospital else None,
-            "record_key": record_key, "sort_date": search.sort_date(t, resource),
-            "sensitive": sensitivity.category_of(resource), "deleted": False,
-            "last_updated": now, "content": content}
-
-
-def _retire_missing(conn, key: str, keep: set, upload_id, now) -> None:
-    """Mark deleted (as a new version) the record's resources that the new version dropped."""
-    rows = conn.execute(select(R.c.res_type, R.c.res_id, R.c.version, R.c.content)
-                        .where(R.c.record_key == key, R.c.deleted.is_(False))).all()
-    for row in rows:
-        if (row.res_type, row.res_id) in keep:
-            continue
-        conn.execute(update(R).where(R.c.res_type == row.res_type, R.c.res_id == row.res_id)
-                     .values(deleted=True, version=row.version + 1, last_updated=now))
-        conn.execute(delete(SI).where(SI.c.res_type == row.res_type, SI.c.res_id == row.res_id))
-        conn.execute(insert(H), [{"res_type": row.res_type, "res_id": row.res_id,
-                                  "version": row.version + 1, "deleted": True,
-                                  "last_updated": now, "upload_id": upload_id,
-                                  "content": row.content}])

@@ -280,7 +280,7 @@ def normalize_resident_id(value: Any) -> str:
     text = to_halfwidth(text).replace(" ", "").upper()
     if len(text) == 15 and text.isdigit():
         body = text[:6] + "19" + text[6:]
-        text = body + ric.calc_check_digit(body)
+        text = body + check_character(body)
     if len(text) != 18:
         raise InvalidValue(f"resident ID number has {len(text)} characters, expected 18 (or 15)")
     if not (text[:17].isdigit() and (text[17].isdigit() or text[17] == "X")):
@@ -294,6 +294,11 @@ def normalize_resident_id(value: Any) -> str:
     if ric.calc_check_digit(text) != text[17]:
         raise InvalidValue("resident ID number fails its check character (GB 11643)")
     return text
+
+
+def check_character(first17: str) -> str:
+    """The GB 11643 check character of the first 17 digits (stdnum wants a placeholder 18th)."""
+    return ric.calc_check_digit(first17 + "0")
 
 
 def resident_id_birth_date(resident_id: str) -> date:
