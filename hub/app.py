@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         for stop in tasks:
             await stop()
+        ingest.shutdown_pool(app)
 
     app = FastAPI(title="yrdhub", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     # "H31010100001@10.1.2.0/24,H31011800012@127.0.0.1"; unset: any hospital, loopback only.
     mllp_senders: str | None = None
     max_body_bytes: int = 20 * 1024 * 1024
+    # Processes that map uploads (CPU-bound); None: one per core; 0: map in a thread instead.
+    map_workers: int | None = None
     # Apply migrations when the app starts (the CLI's `db upgrade` does the same on demand).
     migrate_on_start: bool = True
     log_level: str = "INFO"

@@ -9,12 +9,14 @@ person can look at it and re-run it after a mapper fix.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
 import importlib
+import multiprocessing
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
-
 import orjson
 import structlog
 from fastapi import APIRouter, Depends, Request
@@ -38,10 +40,7 @@ router = APIRouter()
 @dataclass(frozen=True)
 class Channel:
     name: str
-    module: str  # the mapper module; imported on first use
-
-    def mapper(self) -> Callable[..., MapResult]:
-        return importlib.import_module(self.module).map_upload
+    module: str  # the mapper module, imported where the mapping runs
 
 
 CHANNELS: dict[str, Channel] = {
@@ -128,9 +127,8 @@ async def ingest(request: Request, channel: Channel, sender: str, body: bytes,
     """Map and store one upload; 400 (unreadable) and 403 (another sender) after archiving."""
     engine = request.app.state.engine
     content_type = request.headers.get("content-type")
-    mapper = channel.mapper()
     try:
-        result = await run_in_threadpool(_map, mapper, body, sender, filename)
+        result = await map_off_loop(request.app, channel, body, sender, filename)
     except UnreadableUpload as exc:
         await run_in_threadpool(set_aside, engine, channel.name, sender, body, content_type,
                                 str(exc), filename)
@@ -150,10 +148,39 @@ async def ingest(request: Request, channel: Channel, sender: str, body: bytes,
     return outcome
 
 
-def _map(mapper, body: bytes, sender: str, filename: str | None) -> MapResult:
+def map_in_worker(module: str, body: bytes, sender: str, filename: str | None) -> MapResult:
+    """Run a mapper (in a worker process: mapping and FHIR validation are CPU-bound)."""
+    mapper = importlib.import_module(module).map_upload
     if filename is not None:
         return mapper(body, sender, filename=filename)
     return mapper(body, sender)
+
+
+def _pool(app) -> concurrent.futures.Executor | None:
+    """The app's mapper processes (created on first use); None maps in a thread instead."""
+    workers = app.state.settings.map_workers
+    if workers == 0:
+        return None
+    if getattr(app.state, "map_pool", None) is None:
+        app.state.map_pool = concurrent.futures.ProcessPoolExecutor(
+            workers or os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn"))
+    return app.state.map_pool
+
+
+async def map_off_loop(app, channel: Channel, body: bytes, sender: str,
+                       filename: str | None = None) -> MapResult:
+    pool = _pool(app)
+    if pool is None:
+        return await run_in_threadpool(map_in_worker, channel.module, body, sender, filename)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(pool, map_in_worker, channel.module, body, sender, filename)
+
+
+def shutdown_pool(app) -> None:
+    pool = getattr(app.state, "map_pool", None)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+        app.state.map_pool = None
 
 
 @router.post("/ingest/{channel_name}")

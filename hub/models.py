@@ -2,7 +2,8 @@
 
 - ``resource``: the current version of every FHIR resource, its JSON as orjson bytes, with the
   columns the access layer and the ordering need (patient, sending hospital and its province,
-  the owning record, the sort date). ``resource_history`` keeps every version, current included.
+  the owning record, the sort date). ``resource_history`` keeps every earlier version: together
+  they are the whole history (a first version is written once, not twice).
 - ``search_index``: one row per (resource, search parameter, value); searches never scan JSON.
 - ``record``: the unit a sender replaces as a whole (a visit, a document, a report), with the
   digest of what was last stored, so a re-send of the same thing answers ``unchanged``.
@@ -38,6 +39,8 @@ class Resource(SQLModel, table=True):
     sensitive: str | None = Field(default=None, max_length=10)
     deleted: bool = False
     last_updated: datetime
+    # The upload that brought this version.
+    upload_id: int | None = None
     content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 

@@ -10,6 +10,7 @@ SQLite and PostgreSQL; a value's precision gives its range (a date is its whole 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Iterable
@@ -152,6 +153,7 @@ def _utc_text(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+@lru_cache(maxsize=65536)
 def date_range(text: str) -> tuple[str, str]:
     """The half-open UTC range ``[lo, hi)`` a FHIR date/dateTime value covers at its precision.
 

@@ -28,6 +28,10 @@ from hub.models import Resource, ResourceHistory, SearchIndex
 from mappers.common import PATIENT_REF, SHARED_TYPES, Record, Rejection, make_id, province_of
 
 _PATIENT_REF = PATIENT_REF.encode()
+# A visit is described by several records (Jiangsu's outpatient record and its lab and imaging
+# reports each carry the Encounter): each adds to it, none retires it, elements a later record
+# sends win. The cost: an element a re-sent record leaves out stays as it was.
+MERGED_TYPES = frozenset({"Encounter"})
 R = Resource.__table__
 H = ResourceHistory.__table__
 SI = SearchIndex.__table__
@@ -203,21 +207,29 @@ class _Batch:
             "province": province_of(hospital) if hospital else None, "record_key": record_key,
             "sort_date": search.sort_date(t, resource),
             "sensitive": sensitivity.category_of(resource), "deleted": False,
-            "last_updated": self.now, "content": content or dumps(resource),
+            "last_updated": self.now, "upload_id": self.upload_id,
+            "content": content or dumps(resource),
             "_resource": resource}
 
     def add_record(self, key: str, record: Record, pid: str) -> None:
         ref = f"Patient/{pid}".encode()
         for r in record.resources:
-            shared = r["resourceType"] in SHARED_TYPES
-            self.add(r["resourceType"], r["id"], r, None if shared else key, record.hospital,
-                     None if shared else pid, dumps(r).replace(_PATIENT_REF, ref))
+            t = r["resourceType"]
+            shared = t in SHARED_TYPES
+            owner = None if (shared or t in MERGED_TYPES) else key
+            content = dumps(r).replace(_PATIENT_REF, ref)
+            earlier = self.writes.get((t, r["id"]))
+            if t in MERGED_TYPES and earlier is not None:  # two records of one upload
+                r = {**orjson.loads(earlier["content"]), **orjson.loads(content)}
+                content = dumps(r)
+            self.add(t, r["id"], r, owner, record.hospital, None if shared else pid, content)
 
     def retire_dropped(self, record_keys: list[str]) -> None:
         """Queue as deleted the resources of replaced records that the new versions dropped."""
         for part in _chunks(record_keys):
             for row in self.conn.execute(
-                    select(R.c.res_type, R.c.res_id, R.c.version, R.c.content)
+                    select(R.c.res_type, R.c.res_id, R.c.version, R.c.content, R.c.deleted,
+                           R.c.last_updated, R.c.upload_id)
                     .where(R.c.record_key.in_(part), R.c.deleted.is_(False))):
                 if (row.res_type, row.res_id) not in self.writes:
                     self.retired.append(row)
@@ -230,17 +242,23 @@ class _Batch:
         for t, ids in by_type.items():
             for part in _chunks(ids):
                 for row in self.conn.execute(
-                        select(R.c.res_id, R.c.version, R.c.content, R.c.deleted)
+                        select(R.c.res_id, R.c.version, R.c.content, R.c.deleted,
+                               R.c.last_updated, R.c.upload_id)
                         .where(R.c.res_type == t, R.c.res_id.in_(part))):
                     current[(t, row.res_id)] = row
         return current
 
     def flush(self) -> None:
+        """Write what changed. ``resource`` holds each current version; ``resource_history``
+        receives the version a write supersedes (so a first version costs one row, not two)."""
         current = self._current()
         inserts, updates, history, index, reindex = [], [], [], [], []
         for (t, i), values in self.writes.items():
             resource = values.pop("_resource")
             old = current.get((t, i))
+            if t in MERGED_TYPES and old is not None and not old.deleted:
+                resource = {**orjson.loads(old.content), **orjson.loads(values["content"])}
+                values["content"] = dumps(resource)
             if old is not None and old.content == values["content"] and not old.deleted:
                 continue
             values["version"] = old.version + 1 if old is not None else 1
@@ -249,19 +267,21 @@ class _Batch:
             else:
                 updates.append(dict(values, w_type=t, w_id=i))
                 reindex.append((t, i))
-            history.append(self._history(t, i, values["version"], values["content"], False))
+                history.append(self._history(t, i, old))
             index.extend(_index_rows(t, i, resource, values["patient_id"]))
         for row in self.retired:
             updates.append({"w_type": row.res_type, "w_id": row.res_id, "deleted": True,
-                            "version": row.version + 1, "last_updated": self.now})
+                            "version": row.version + 1, "last_updated": self.now,
+                            "upload_id": self.upload_id})
             reindex.append((row.res_type, row.res_id))
-            history.append(self._history(row.res_type, row.res_id, row.version + 1, row.content,
-                                         True))
+            history.append(self._history(row.res_type, row.res_id, row))
         self._execute(inserts, updates, history, index, reindex)
 
-    def _history(self, t, i, version, content, deleted) -> dict:
-        return {"res_type": t, "res_id": i, "version": version, "deleted": deleted,
-                "last_updated": self.now, "upload_id": self.upload_id, "content": content}
+    @staticmethod
+    def _history(t: str, i: str, old) -> dict:
+        return {"res_type": t, "res_id": i, "version": old.version, "deleted": old.deleted,
+                "last_updated": old.last_updated, "upload_id": old.upload_id,
+                "content": old.content}
 
     def _execute(self, inserts, updates, history, index, reindex) -> None:
         conn = self.conn

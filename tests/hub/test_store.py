@@ -49,13 +49,28 @@ def test_resend_replaces_and_keeps_history(db):
     assert not rows[make_id("c", "V1", "J20.900")].deleted
     assert rows[make_id("c", "V1", "J06.900")].version == 1  # unchanged resource keeps its version
     with db.connect() as conn:
-        history = conn.execute(select(ResourceHistory.version, ResourceHistory.deleted)
+        history = conn.execute(select(ResourceHistory.version, ResourceHistory.deleted,
+                                      ResourceHistory.content)
                                .where(ResourceHistory.res_id == dropped.res_id)
                                .order_by(ResourceHistory.version)).all()
         indexed = conn.execute(select(SearchIndex.value).where(
             SearchIndex.res_id == dropped.res_id)).all()
-    assert [(h.version, h.deleted) for h in history] == [(1, False), (2, True)]
+    assert [(h.version, h.deleted) for h in history] == [(1, False)]
+    assert b"R05.x00" in history[0].content
     assert indexed == []
+
+
+def test_changed_resource_keeps_its_earlier_version(db):
+    put(db, visit(codes=("J06.900",)))
+    record = visit(codes=("J06.900",))
+    record.resources[0]["code"]["text"] = "急性上呼吸道感染"
+    put(db, record)
+    row = current(db)[0]
+    assert row.version == 2 and b"text" in row.content
+    with db.connect() as conn:
+        old = conn.execute(select(ResourceHistory.version, ResourceHistory.content)
+                           .where(ResourceHistory.res_id == row.res_id)).one()
+    assert old.version == 1 and b"text" not in old.content
 
 
 def test_patient_placeholder_is_rewritten_to_the_index_id(db):
@@ -74,3 +89,23 @@ def test_sensitive_category_is_recorded(db):
                                  .where(Resource.res_type == "Condition")).all())
     assert cats[make_id("c", "V1", "F32.900")] == "mental"
     assert cats[make_id("c", "V1", "J06.900")] is None
+
+
+def test_encounter_shared_by_two_records_accumulates_and_is_not_retired(db):
+    enc_id = make_id("Encounter", "V1")
+    first = visit("DOC-A")
+    first.resources.append({"resourceType": "Encounter", "id": enc_id, "status": "finished",
+                            "class": {"code": "AMB"}, "subject": {"reference": PATIENT_REF},
+                            "serviceType": {"text": "呼吸内科"}})
+    second = visit("DOC-B", codes=("R05.x00",))
+    second.resources.append({"resourceType": "Encounter", "id": enc_id, "status": "finished",
+                             "class": {"code": "AMB"}, "subject": {"reference": PATIENT_REF},
+                             "period": {"start": "2024-03-15T09:00:00+08:00"}})
+    put(db, first, second)
+    second.resources.pop()  # a new version of DOC-B no longer mentions the encounter
+    second.resources[0]["code"]["text"] = "咳嗽"
+    put(db, second)
+    (enc,) = current(db, "Encounter")
+    body = orjson.loads(enc.content)
+    assert not enc.deleted
+    assert body["serviceType"] == {"text": "呼吸内科"} and "period" in body

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 14:11:40.966522
+Create Date: 2026-11-25 14:21:33.646117
 """
 from alembic import op
 import sqlalchemy as sa
@@ -61,6 +61,7 @@ def upgrade() -> None:
     sa.Column('sensitive', sqlmodel.sql.sqltypes.AutoString(length=10), nullable=True),
     sa.Column('deleted', sa.Boolean(), nullable=False),
     sa.Column('last_updated', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('upload_id', sa.Integer(), nullable=True),
     sa.Column('content', sa.LargeBinary(), nullable=False),
     sa.PrimaryKeyConstraint('res_type', 'res_id')
     )
