@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.responses import JSONResponse, Response
 
-from hub import errors, fhir_api, ingest, metrics
+from hub import errors, fhir_api, hl7_ingest, ingest, metrics
 from hub.config import Settings, get_settings
 from hub.db import get_engine
 from hub.migrate import upgrade
@@ -37,7 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     errors.install(app)
     app.include_router(fhir_api.router)
+    app.include_router(hl7_ingest.router)
     app.include_router(ingest.router)
+    app.state.starters = [hl7_ingest.start_mllp]
     _install_operating(app)
     return app
 

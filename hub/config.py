@@ -24,7 +24,9 @@ class Settings(BaseSettings):
     insurer_zj_url: str | None = None
     insurer_ah_url: str | None = None
     mllp_port: int = 2575
-    mllp_host: str = "127.0.0.1"
+    # Where MLLP listens; unset: every interface when YRDHUB_MLLP_SENDERS names networks,
+    # loopback otherwise (then only local senders are accepted anyway).
+    mllp_host: str | None = None
     # "H31010100001@10.1.2.0/24,H31011800012@127.0.0.1"; unset: any hospital, loopback only.
     mllp_senders: str | None = None
     max_body_bytes: int = 20 * 1024 * 1024

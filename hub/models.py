@@ -122,3 +122,14 @@ class ApiToken(SQLModel, table=True):
     subject: str | None = Field(default=None, max_length=20)
     created: datetime
     revoked: bool = False
+
+
+class MessageControl(SQLModel, table=True):
+    """HL7 v2 control ids already answered, per sender: a repeat gets the same ACK, no change."""
+
+    __tablename__ = "message_control"
+    sender: str = Field(primary_key=True, max_length=20)
+    control_id: str = Field(primary_key=True, max_length=100)
+    upload_id: int
+    ack: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    received_at: datetime

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 14:21:33.646117
+Create Date: 2026-11-25 14:23:30.419831
 """
 from alembic import op
 import sqlalchemy as sa
@@ -24,6 +24,14 @@ def upgrade() -> None:
     sa.Column('created', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.Column('revoked', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('token_hash')
+    )
+    op.create_table('message_control',
+    sa.Column('sender', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
+    sa.Column('control_id', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
+    sa.Column('upload_id', sa.Integer(), nullable=False),
+    sa.Column('ack', sa.LargeBinary(), nullable=False),
+    sa.Column('received_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('sender', 'control_id')
     )
     op.create_table('patient',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -140,5 +148,6 @@ def downgrade() -> None:
 
     op.drop_table('patient_key')
     op.drop_table('patient')
+    op.drop_table('message_control')
     op.drop_table('api_token')
     # ### end Alembic commands ###
