@@ -31,6 +31,7 @@ from hub.auth import Party, bearer_party, require_hospital
 from hub.db import writer
 from hub.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from hub.models import Upload
+from mappers.anhui_csv import ArchiveTooLarge
 from mappers.common import ForeignSender, MapResult, UnreadableUpload
 
 log = structlog.get_logger("hub.ingest")
@@ -129,6 +130,11 @@ async def ingest(request: Request, channel: Channel, sender: str, body: bytes,
     content_type = request.headers.get("content-type")
     try:
         result = await map_off_loop(request.app, channel, body, sender, filename)
+    except ArchiveTooLarge as exc:
+        await run_in_threadpool(set_aside, engine, channel.name, sender, body, content_type,
+                                str(exc), filename)
+        metrics.UPLOADS.labels(channel.name, "too_large").inc()
+        raise PayloadTooLarge(str(exc)) from None
     except UnreadableUpload as exc:
         await run_in_threadpool(set_aside, engine, channel.name, sender, body, content_type,
                                 str(exc), filename)
@@ -183,6 +189,31 @@ def shutdown_pool(app) -> None:
         app.state.map_pool = None
 
 
+async def file_field(request: Request, body: bytes) -> tuple[bytes, str]:
+    """The ``file`` field of a multipart body already read (and size-checked)."""
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    async def stream():
+        yield body
+        yield b""
+
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=1,
+                                     max_part_size=len(body) + 1).parse()
+    except MultiPartException as exc:
+        raise BadRequest(f"unreadable multipart body: {exc.message}") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise BadRequest("multipart body has no file field named 'file'")
+    return await upload.read(), upload.filename or "upload.csv"
+
+
+def _declared_filename(request: Request) -> str | None:
+    disposition = request.headers.get("content-disposition", "")
+    _, _, name = disposition.partition("filename=")
+    return name.strip('"') or None
+
+
 @router.post("/ingest/{channel_name}")
 async def ingest_json_channel(channel_name: str, request: Request,
                               party: Party = Depends(bearer_party)) -> Response:
@@ -191,7 +222,12 @@ async def ingest_json_channel(channel_name: str, request: Request,
         raise NotFound(f"no ingest channel {channel_name!r}")
     sender = require_hospital(party)
     body = await read_body(request, request.app.state.settings.max_body_bytes)
+    filename = None
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        body, filename = await file_field(request, body)
+    elif channel.name == "ah":
+        filename = _declared_filename(request) or "upload.csv"
     if not body:
         raise BadRequest("empty body")
-    outcome = await ingest(request, channel, sender, body)
+    outcome = await ingest(request, channel, sender, body, filename)
     return Response(orjson.dumps(outcome.summary()), 200, media_type="application/json")

@@ -133,3 +133,36 @@ class MessageControl(SQLModel, table=True):
     upload_id: int
     ack: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     received_at: datetime
+
+
+class AuditRecord(SQLModel, table=True):
+    """One read of a patient's data, allowed or refused (served as a FHIR AuditEvent).
+
+    Append-only: no code path updates or deletes these rows.
+    """
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_patient_time", "patient_id", "recorded"),
+                      Index("ix_audit_time", "recorded"))
+    id: int | None = Field(default=None, primary_key=True)
+    recorded: datetime
+    party_kind: str = Field(max_length=10)
+    party_code: str | None = Field(default=None, max_length=20)
+    patient_id: str | None = Field(default=None, max_length=64)
+    purpose: str = Field(max_length=20)  # treatment | emergency | administration
+    reason: str | None = Field(default=None, max_length=500)
+    outcome: str = Field(max_length=10)  # allowed | refused
+    what: str = Field(max_length=300)
+    detail: str | None = Field(default=None, max_length=500)
+
+
+class Sharing(SQLModel, table=True):
+    """A patient's sharing choices; no row means the defaults (cross-province on, no sensitive)."""
+
+    __tablename__ = "sharing"
+    patient_id: str = Field(primary_key=True, max_length=64)
+    cross_province: bool = True
+    mental: bool = False
+    hiv: bool = False
+    sti: bool = False
+    updated: datetime

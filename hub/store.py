@@ -31,7 +31,9 @@ _PATIENT_REF = PATIENT_REF.encode()
 # A visit is described by several records (Jiangsu's outpatient record and its lab and imaging
 # reports each carry the Encounter): each adds to it, none retires it, elements a later record
 # sends win. The cost: an element a re-sent record leaves out stays as it was.
-MERGED_TYPES = frozenset({"Encounter"})
+# Hospitals and practitioners likewise: a lab file names the hospital without its name, a visit
+# file with it, and neither should blank what the other said.
+MERGED_TYPES = frozenset({"Encounter", *SHARED_TYPES})
 R = Resource.__table__
 H = ResourceHistory.__table__
 SI = SearchIndex.__table__

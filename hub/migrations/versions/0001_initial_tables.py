@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 14:23:30.419831
+Create Date: 2026-11-25 14:25:09.740230
 """
 from alembic import op
 import sqlalchemy as sa
@@ -25,6 +25,23 @@ def upgrade() -> None:
     sa.Column('revoked', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('token_hash')
     )
+    op.create_table('audit_event',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('recorded', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('party_kind', sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
+    sa.Column('party_code', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=True),
+    sa.Column('patient_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+    sa.Column('purpose', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
+    sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
+    sa.Column('outcome', sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
+    sa.Column('what', sqlmodel.sql.sqltypes.AutoString(length=300), nullable=False),
+    sa.Column('detail', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('audit_event', schema=None) as batch_op:
+        batch_op.create_index('ix_audit_patient_time', ['patient_id', 'recorded'], unique=False)
+        batch_op.create_index('ix_audit_time', ['recorded'], unique=False)
+
     op.create_table('message_control',
     sa.Column('sender', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
     sa.Column('control_id', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
@@ -103,6 +120,15 @@ def upgrade() -> None:
         batch_op.create_index('ix_search_resource', ['res_type', 'res_id'], unique=False)
         batch_op.create_index('ix_search_token', ['res_type', 'param', 'value', 'system'], unique=False)
 
+    op.create_table('sharing',
+    sa.Column('patient_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('cross_province', sa.Boolean(), nullable=False),
+    sa.Column('mental', sa.Boolean(), nullable=False),
+    sa.Column('hiv', sa.Boolean(), nullable=False),
+    sa.Column('sti', sa.Boolean(), nullable=False),
+    sa.Column('updated', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('patient_id')
+    )
     op.create_table('upload',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('channel', sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
@@ -130,6 +156,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_upload_sender'))
 
     op.drop_table('upload')
+    op.drop_table('sharing')
     with op.batch_alter_table('search_index', schema=None) as batch_op:
         batch_op.drop_index('ix_search_token')
         batch_op.drop_index('ix_search_resource')
@@ -149,5 +176,10 @@ def downgrade() -> None:
     op.drop_table('patient_key')
     op.drop_table('patient')
     op.drop_table('message_control')
+    with op.batch_alter_table('audit_event', schema=None) as batch_op:
+        batch_op.drop_index('ix_audit_time')
+        batch_op.drop_index('ix_audit_patient_time')
+
+    op.drop_table('audit_event')
     op.drop_table('api_token')
     # ### end Alembic commands ###

@@ -1,0 +1,63 @@
+"""动态脱敏: identity details as a hospital may see them (pure functions over resource dicts).
+
+- resident ID and other person documents: ``3304**********002X`` (first four, last four);
+- phones: ``138****0000`` (first three, last four);
+- addresses: down to the district (state, city, district; street, lines and postcode removed);
+- a masked resource carries the security label ``MASKED``.
+
+Only administrators see the full values. The full values must never reach a hospital's answer.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from mappers.common import PERSON_DOCUMENT_SYSTEMS, mask_resident_id
+
+MASKED_LABEL = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                "code": "MASKED", "display": "masked"}
+_DIGITS = re.compile(r"\d")
+
+
+def mask_phone(phone: str) -> str:
+    """``13857300000`` -> ``138****0000``; a short number keeps only its last two digits."""
+    digits = _DIGITS.findall(phone)
+    if len(digits) >= 7:
+        return "".join(digits[:3]) + "****" + "".join(digits[-4:])
+    return "*" * max(len(digits) - 2, 0) + "".join(digits[-2:])
+
+
+def mask_address(address: dict[str, Any]) -> dict[str, Any]:
+    """Down to the district: state, city, district and country stay, nothing finer."""
+    kept = {k: address[k] for k in ("use", "type", "state", "city", "district", "country")
+            if k in address}
+    text = "".join(address.get(k, "") for k in ("state", "city", "district"))
+    if text:
+        kept["text"] = text
+    return kept
+
+
+def _mask_identifier(identifier: dict[str, Any]) -> dict[str, Any]:
+    if identifier.get("system") in PERSON_DOCUMENT_SYSTEMS and identifier.get("value"):
+        return {**identifier, "value": mask_resident_id(identifier["value"])}
+    return identifier
+
+
+def mask_patient(patient: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a Patient with identity details masked and the MASKED label set."""
+    out = dict(patient)
+    if "identifier" in out:
+        out["identifier"] = [_mask_identifier(i) for i in out["identifier"]]
+    if "telecom" in out:
+        out["telecom"] = [{**t, "value": mask_phone(t["value"])} if t.get("value") else t
+                          for t in out["telecom"]]
+    if "address" in out:
+        out["address"] = [mask_address(a) for a in out["address"]]
+    for contact in out.get("contact", []) or []:
+        contact.pop("telecom", None)
+        contact.pop("address", None)
+    meta = dict(out.get("meta") or {})
+    meta["security"] = [*meta.get("security", []), MASKED_LABEL]
+    out["meta"] = meta
+    return out
