@@ -1,75 +1,300 @@
-"""The only gate between a caller and stored records: who may read whose data, what they see.
+"""The only gate between a caller and stored records: who may read whose data, what they see,
+and the audit of it. Every FHIR read (read by id, search, ``$everything``, AuditEvent) calls
+``read``, ``search`` or ``everything`` here, and only these call ``hub.queries``.
 
-Every FHIR read (read by id, search, ``$everything``) calls one of ``read``, ``search`` or
-``everything`` here; they call ``decide`` first and only then ``hub.queries``. The sharing rules
-(treating relationship, consent, masking, audit) are filled in here and nowhere else.
+The rules (world/README.md, "What may be shared, and with whom"):
 
-Now (foundation): hospitals and administrators may read; insurance platforms and anyone else may
-not (insurance platforms never see clinical records).
+- **Treating relationship.** A hospital reads a patient's records only while it has an encounter
+  with the patient that started in the last 30 x 24 hours (a date-only visit counts from 00:00
+  +08:00 of its day). Otherwise 403, unless the request carries ``X-Emergency-Reason``, which is
+  allowed and recorded with its reason. A search not pinned to one patient sees only patients the
+  hospital is treating. Insurance platforms never see clinical records. Admins see everything.
+- **Consent.** A patient who withdrew cross-province sharing is seen by a hospital only through
+  records from the hospital's own province; diagnoses and results in a sensitive category
+  (``hub.sensitivity``) cross a province border only with the patient's permission for that
+  category. What is withheld is left out by the database (totals and paging stay right), a
+  searchset says *that* something was withheld (``suppressed``), and references to withheld
+  resources are removed from what is shown.
+- **Masking.** Hospitals see identity details masked (``hub.masking``); admins in full.
+- **Audit.** Every read of a patient's data, allowed or refused, is recorded (``hub.audit``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
+import orjson
+from sqlalchemy import and_, false, not_, or_, select
 from sqlalchemy.engine import Connection
 
-from hub import queries
+from hub import audit, masking, queries, search
 from hub.auth import Party
 from hub.errors import Forbidden, NotFound
+from hub.models import Resource, Sharing
+from hub.sharing import SharingChoices
+from mappers.common import province_of
 
-READERS = frozenset({"hospital", "admin"})
+R = Resource.__table__
+TREATING_WINDOW = timedelta(hours=30 * 24)
+EMERGENCY_HEADER = "x-emergency-reason"
+SUPPRESSED = {"resourceType": "OperationOutcome", "issue": [{
+    "severity": "information", "code": "suppressed",
+    "diagnostics": "Some information was withheld under the patient's sharing choices."}]}
 
 
 @dataclass(frozen=True)
+class Caller:
+    """Who asks and why: the party and, for a hospital, its emergency reason if it gave one."""
+
+    party: Party
+    emergency_reason: str | None = None
+
+    @property
+    def purpose(self) -> str:
+        if self.party.kind == "admin":
+            return "administration"
+        return "emergency" if self.emergency_reason else "treatment"
+
+
+@dataclass
 class Decision:
     allowed: bool
     reason: str = ""
-    # SQL conditions on ``resource`` limiting what the caller sees of an allowed patient.
+    # SQL conditions on ``resource``: what of an allowed patient the caller may see.
     extra: list = field(default_factory=list)
+    masked: bool = True
 
 
-def decide(party: Party, patient_id: str | None) -> Decision:
-    """May ``party`` read ``patient_id``'s records (None: a search not tied to one patient)?"""
-    if party.kind not in READERS:
+# ---------------------------------------------------------------------------------------------
+# Decisions (pure given the facts; the facts come from the database)
+# ---------------------------------------------------------------------------------------------
+
+
+def treating_cutoff(now: datetime) -> str:
+    return (now - TREATING_WINDOW).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _utc_text(now: datetime) -> str:
+    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def treated_patients(hospital: str, now: datetime):
+    """SQL: the patients ``hospital`` has an encounter with that started in the window."""
+    return select(R.c.patient_id).where(
+        R.c.res_type == "Encounter", R.c.hospital == hospital, R.c.deleted.is_(False),
+        R.c.sort_date >= treating_cutoff(now), R.c.sort_date <= _utc_text(now))
+
+
+def is_treating(conn: Connection, hospital: str, patient_id: str, now: datetime) -> bool:
+    return conn.execute(treated_patients(hospital, now)
+                        .where(R.c.patient_id == patient_id).limit(1)).first() is not None
+
+
+def sharing_of(conn: Connection, patient_id: str) -> SharingChoices:
+    S = Sharing.__table__
+    row = conn.execute(select(S.c.cross_province, S.c.mental, S.c.hiv, S.c.sti)
+                       .where(S.c.patient_id == patient_id)).first()
+    return SharingChoices(*row) if row else SharingChoices()
+
+
+def consent_conditions(sharing: SharingChoices, province: str | None) -> list:
+    """SQL conditions holding back what ``sharing`` does not let cross into ``province``."""
+    own = R.c.province == province if province else false()
+    conditions = []
+    if not sharing.cross_province:
+        conditions.append(or_(R.c.province.is_(None), own))
+    blocked = [c for c in ("mental", "hiv", "sti") if not getattr(sharing, c)]
+    if blocked:
+        conditions.append(or_(R.c.sensitive.is_(None), R.c.sensitive.notin_(blocked),
+                              R.c.province.is_(None), own))
+    return conditions
+
+
+def decide(conn: Connection, caller: Caller, patient_id: str | None,
+           now: datetime | None = None) -> Decision:
+    """May the caller read ``patient_id``'s records (None: a search across patients)?"""
+    party, now = caller.party, now or datetime.now(timezone.utc)
+    if party.kind == "admin":
+        return Decision(True, masked=False)
+    if party.kind != "hospital" or not party.code:
         return Decision(False, f"a {party.kind} may not read clinical records")
-    return Decision(True)
+    province = province_of(party.code)
+    if patient_id is None:
+        return Decision(True, extra=[R.c.patient_id.in_(treated_patients(party.code, now))])
+    if not (is_treating(conn, party.code, patient_id, now) or caller.emergency_reason):
+        return Decision(False, "no encounter with this patient in the last 30 days; "
+                               "send the visit first, or state an emergency reason")
+    return Decision(True, extra=consent_conditions(sharing_of(conn, patient_id), province))
 
 
-def _require(party: Party, patient_id: str | None) -> Decision:
-    decision = decide(party, patient_id)
-    if not decision.allowed:
-        raise Forbidden(decision.reason)
-    return decision
+# ---------------------------------------------------------------------------------------------
+# The read paths
+# ---------------------------------------------------------------------------------------------
 
 
-def read(conn: Connection, party: Party, res_type: str, res_id: str):
-    """One resource by id; 404 when absent or withheld, 403 when the patient is not readable."""
-    if party.kind not in READERS:
-        raise Forbidden(f"a {party.kind} may not read clinical records")
+@dataclass
+class Answer:
+    """What a read path hands back to the route: rows to show, how, and whether to say
+    something was withheld."""
+
+    rows: list
+    total: int
+    withheld: bool
+    caller: Caller
+    hidden_ids: frozenset = frozenset()
+    masked: bool = True
+
+    def render(self, row, content: bytes) -> bytes:
+        return present(self, row, content)
+
+
+def _audit(conn, engine, caller: Caller, patient_ids, what: str, outcome: str,
+           detail: str | None = None) -> None:
+    events = [audit.ReadEvent(caller.party.kind, caller.party.code, pid, caller.purpose,
+                              outcome, what, caller.emergency_reason, detail)
+              for pid in (patient_ids or [None])]
+    audit.record(engine, events)
+
+
+def _refuse(engine, caller: Caller, patient_id, what: str, decision: Decision):
+    _audit(None, engine, caller, [patient_id], what, "refused", decision.reason)
+    raise Forbidden(decision.reason)
+
+
+def _hidden(conn: Connection, patient_id: str, extra: list) -> frozenset:
+    """Ids of the patient's resources the caller may not see (to cut references to them)."""
+    if not extra:
+        return frozenset()
+    rows = conn.execute(select(R.c.res_type, R.c.res_id).where(
+        R.c.patient_id == patient_id, R.c.deleted.is_(False), not_(and_(*extra)))).all()
+    return frozenset(f"{t}/{i}" for t, i in rows)
+
+
+def read(conn: Connection, engine, caller: Caller, res_type: str, res_id: str) -> Answer:
+    """One resource by id: 403 when its patient is not readable, 404 when absent or withheld."""
+    what = f"read {res_type}/{res_id}"
+    if caller.party.kind not in ("hospital", "admin"):
+        _refuse(engine, caller, None, what, Decision(False, "insurance platforms never see "
+                                                            "clinical records"))
     row = queries.read_one(conn, res_type, res_id)
-    if row is None:
+    if row is None or row.deleted:
         raise NotFound(f"{res_type}/{res_id} is not known")
-    _require(party, row.patient_id)
-    if row.deleted:
-        raise NotFound(f"{res_type}/{res_id} was replaced by a later version of its record")
-    return row
+    if row.patient_id is None:  # a hospital or a practitioner: not a patient's data
+        return Answer([row], 1, False, caller, masked=False)
+    decision = decide(conn, caller, row.patient_id)
+    if not decision.allowed:
+        _refuse(engine, caller, row.patient_id, what, decision)
+    visible = queries.read_one_where(conn, res_type, res_id, decision.extra)
+    _audit(conn, engine, caller, [row.patient_id], what, "allowed",
+           None if visible else "withheld under the patient's sharing choices")
+    if visible is None:
+        raise NotFound(f"{res_type}/{res_id} is not known")
+    return Answer([visible], 1, False, caller, _hidden(conn, row.patient_id, decision.extra),
+                  decision.masked)
 
 
-def search(conn: Connection, party: Party, res_type: str, params: list[tuple[str, str]],
-           count: int, offset: int) -> queries.Page:
-    patient_ids = [v for n, v in params if n == "patient"]
-    decision = _require(party, patient_ids[0] if len(patient_ids) == 1 else None)
-    return queries.search_page(conn, res_type, params, count, offset, decision.extra)
+def search(conn: Connection, engine, caller: Caller, res_type: str,
+           params: list[tuple[str, str]], count: int, offset: int) -> Answer:
+    what = f"search {res_type}"
+    if res_type == "AuditEvent":
+        return _search_audit(conn, engine, caller, params, count, offset)
+    pinned = _pinned_patient(conn, res_type, params)
+    decision = decide(conn, caller, pinned)
+    if not decision.allowed:
+        _refuse(engine, caller, pinned, what, decision)
+    page = queries.search_page(conn, res_type, params, count, offset, decision.extra)
+    withheld = pinned is not None and queries.count_withheld(
+        conn, res_type, params, decision.extra) > 0
+    patients = sorted({r.patient_id for r in page.rows if r.patient_id} | ({pinned} - {None}))
+    _audit(conn, engine, caller, patients, what, "allowed")
+    hidden = _hidden(conn, pinned, decision.extra) if pinned else frozenset()
+    return Answer(page.rows, page.total, withheld, caller, hidden, decision.masked)
 
 
-def everything(conn: Connection, party: Party, patient_id: str) -> list:
-    decision = _require(party, patient_id)
+def _pinned_patient(conn: Connection, res_type: str, params) -> str | None:
+    """The one patient a search is about, if it names exactly one (``patient``, or ``_id`` /
+    ``identifier`` on Patient resolving to one)."""
+    values = [v for n, v in params if n == "patient"]
+    if res_type == "Patient":
+        values += [v for n, v in params if n == "_id"]
+    if len(values) == 1 and "," not in values[0]:
+        return values[0].split("/")[-1]
+    if res_type == "Patient" and any(n == "identifier" for n, _ in params):
+        page = queries.search_page(conn, "Patient", params, 2, 0, [])
+        if page.total == 1:
+            return page.rows[0].res_id
+    return None
+
+
+def everything(conn: Connection, engine, caller: Caller, patient_id: str) -> Answer:
+    what = f"everything Patient/{patient_id}"
     if queries.read_one(conn, "Patient", patient_id) is None:
+        if caller.party.kind not in ("hospital", "admin"):
+            _refuse(engine, caller, None, what, Decision(False, "not a reader"))
         raise NotFound(f"Patient/{patient_id} is not known")
-    return queries.patient_resources(conn, patient_id, decision.extra)
+    decision = decide(conn, caller, patient_id)
+    if not decision.allowed:
+        _refuse(engine, caller, patient_id, what, decision)
+    rows = queries.patient_resources(conn, patient_id, decision.extra)
+    withheld = queries.count_withheld_of_patient(conn, patient_id, decision.extra) > 0
+    _audit(conn, engine, caller, [patient_id], what, "allowed")
+    return Answer(rows, len(rows), withheld, caller,
+                  _hidden(conn, patient_id, decision.extra), decision.masked)
 
 
-def present(party: Party, row, content: bytes) -> bytes:
-    """The bytes of a resource as this party may see them (masking hooks in here)."""
-    return content
+def _search_audit(conn, engine, caller: Caller, params, count: int, offset: int) -> Answer:
+    if caller.party.kind != "admin":
+        raise Forbidden("only an administrator may search the audit")
+    page = queries.audit_page(conn, params, count, offset)
+    return Answer(page.rows, page.total, False, caller, masked=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the caller sees of one resource
+# ---------------------------------------------------------------------------------------------
+
+_REFERENCE_LISTS = {"DiagnosticReport": ("result",), "Encounter": ("diagnosis",),
+                    "ImagingStudy": ("basedOn",), "Observation": ("hasMember", "derivedFrom")}
+
+
+def _cut_hidden(resource: dict, hidden: frozenset) -> dict:
+    """Drop references (and their display text) to resources the caller may not see."""
+    for element in _REFERENCE_LISTS.get(resource["resourceType"], ()):
+        items = resource.get(element)
+        if not items:
+            continue
+        kept = [i for i in items if _target(i) not in hidden]
+        if kept:
+            resource[element] = kept
+        else:
+            resource.pop(element)
+    return resource
+
+
+def _target(item: dict) -> str | None:
+    ref = item.get("reference") or (item.get("condition") or {}).get("reference")
+    return ref
+
+
+def present(answer: Answer, row, content: bytes) -> bytes:
+    """The bytes of one resource as this caller may see them."""
+    masked = answer.masked and row.res_type == "Patient"
+    cut = answer.hidden_ids and any(h.split("/")[1].encode() in content
+                                    for h in answer.hidden_ids)
+    if not (masked or cut):
+        return content
+    resource = orjson.loads(content)
+    if cut:
+        resource = _cut_hidden(resource, answer.hidden_ids)
+    if masked:
+        resource = masking.mask_patient(resource)
+    return orjson.dumps(resource)
+
+
+def suppressed_outcome() -> dict:
+    return SUPPRESSED
+
+
+__all__ = ["Caller", "Answer", "decide", "read", "search", "everything", "present",
+           "EMERGENCY_HEADER", "search"]

@@ -6,13 +6,14 @@ import asyncio
 import time
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.responses import JSONResponse, Response
 
-from hub import errors, fhir_api, hl7_ingest, ingest, metrics
+from hub import errors, fhir_api, hl7_ingest, ingest, metrics, portal
+from settlement import api as settlement_api
+from settlement.platform import PlatformClient
 from hub.config import Settings, get_settings
 from hub.db import get_engine
 from hub.migrate import upgrade
@@ -39,7 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(fhir_api.router)
     app.include_router(hl7_ingest.router)
     app.include_router(ingest.router)
-    app.state.starters = [hl7_ingest.start_mllp]
+    app.include_router(settlement_api.router)
+    app.include_router(portal.router)
+    app.state.starters = [start_platform, hl7_ingest.start_mllp, settlement_api.start]
     _install_operating(app)
     return app
 
@@ -50,6 +53,15 @@ async def _start_background(app: FastAPI) -> list:
     for starter in getattr(app.state, "starters", []):
         stops.append(await starter(app))
     return stops
+
+
+async def start_platform(app: FastAPI):
+    """The one client of the provinces' platforms, shared by settlement, transfers and sign-in."""
+    app.state.platform = PlatformClient(app.state.settings.insurer_urls())
+
+    async def stop():
+        await app.state.platform.aclose()
+    return stop
 
 
 def _route_label(request: Request) -> str:
@@ -74,7 +86,7 @@ def _install_operating(app: FastAPI) -> None:
     @app.get("/healthz")
     async def _healthz(request: Request) -> Response:
         database = await asyncio.to_thread(_database_ok, request.app.state.engine)
-        platforms = await _platforms_reachable(request.app.state.settings)
+        platforms = await _platforms_reachable(request.app)
         body = {"status": "ok" if database else "unavailable", "database": database,
                 "platforms": platforms}
         return JSONResponse(body, 200 if database else 503)
@@ -89,19 +101,13 @@ def _database_ok(engine) -> bool:
         return False
 
 
-async def _platforms_reachable(settings: Settings) -> dict:
-    """Each configured platform: reachable (any HTTP answer) or not; unconfigured ones say so."""
-    urls = settings.insurer_urls()
-
-    async def probe(client, url):
-        try:
-            await client.get(url + "/", timeout=1.0)
-            return "reachable"
-        except httpx.HTTPError:
-            return "unreachable"
-
-    async with httpx.AsyncClient() as client:
-        results = await asyncio.gather(*(probe(client, u) for u in urls.values()))
+async def _platforms_reachable(app: FastAPI) -> dict:
+    """Each configured platform: reachable or not; unconfigured ones say so."""
+    urls = app.state.settings.insurer_urls()
+    client = getattr(app.state, "platform", None)
     out = {p: "not configured" for p in ("SH", "JS", "ZJ", "AH")}
-    out.update(dict(zip(urls, results)))
+    if client is None:
+        return out
+    results = await asyncio.gather(*(client.reachable(p) for p in urls))
+    out.update({p: "reachable" if ok else "unreachable" for p, ok in zip(urls, results)})
     return out

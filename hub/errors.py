@@ -101,6 +101,14 @@ def install(app) -> None:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
         return render(request, exc.status_code, code, str(exc.detail))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        import structlog
+
+        structlog.get_logger("hub").exception("unexpected error", path=request.url.path,
+                                              error=type(exc).__name__)
+        return render(request, 500, "INTERNAL", "internal error; it has been logged")
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}

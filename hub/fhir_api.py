@@ -5,15 +5,18 @@ Bundles are assembled from the stored bytes (no parse and dump per resource).
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from hub import access, search, store
+from functools import lru_cache
+
+from hub import access, audit, search, store
 from hub.auth import Party, bearer_party
 from hub.errors import FHIR_JSON, BadRequest, NotFound
+from hub.logs import scrub
 
 router = APIRouter(prefix="/fhir")
 DEFAULT_COUNT, MAX_COUNT = 50, 500
@@ -47,20 +50,50 @@ def metadata(request: Request) -> Response:
 
 
 def _known_type(res_type: str) -> None:
-    if res_type not in search.PARAMS:
+    if res_type not in search.PARAMS and res_type != "AuditEvent":
         raise NotFound(f"resource type {res_type!r} is not served here")
 
 
-def _entry(base: str, row, party: Party, mode: bytes = b"match") -> bytes:
-    content = access.present(party, row, store.with_meta(row.content, row.version,
-                                                         row.last_updated))
-    return (b'{"fullUrl":"%s/%s/%s","resource":%s,"search":{"mode":"%s"}}'
-            % (base.encode(), row.res_type.encode(), row.res_id.encode(), content, mode))
+def header_text(raw: str | None) -> str:
+    """A header's text: HTTP carries bytes, so a Chinese reason arrives as raw UTF-8 (which the
+    server reads as Latin-1) or percent-encoded; both are read back to text."""
+    if not raw:
+        return ""
+    try:
+        raw = raw.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        pass
+    if "%" in raw:
+        raw = unquote(raw)
+    return raw.strip()
 
 
-def _bundle(total: int, links: list[tuple[str, str]], entries: list[bytes]) -> bytes:
-    head = orjson.dumps({"resourceType": "Bundle", "type": "searchset", "total": total,
-                         "link": [{"relation": r, "url": u} for r, u in links]})
+def caller_of(request: Request, party: Party) -> access.Caller:
+    reason = header_text(request.headers.get(access.EMERGENCY_HEADER))
+    return access.Caller(party, reason[:500] or None)
+
+
+def _resource_bytes(answer: access.Answer, row) -> bytes:
+    if getattr(row, "res_type", "AuditEvent") == "AuditEvent":
+        return orjson.dumps(audit.as_fhir(row, hospital_names()))
+    return answer.render(row, store.with_meta(row.content, row.version, row.last_updated))
+
+
+def _entry(base: str, answer: access.Answer, row) -> bytes:
+    content = _resource_bytes(answer, row)
+    res_type = getattr(row, "res_type", "AuditEvent")
+    res_id = row.res_id if res_type != "AuditEvent" else orjson.loads(content)["id"]
+    return (b'{"fullUrl":"%s/%s/%s","resource":%s,"search":{"mode":"match"}}'
+            % (base.encode(), res_type.encode(), res_id.encode(), content))
+
+
+def _bundle(answer: access.Answer, base: str, links: list[tuple[str, str]]) -> bytes:
+    entries = [_entry(base, answer, row) for row in answer.rows]
+    if answer.withheld:
+        entries.append(orjson.dumps({"resource": access.SUPPRESSED,
+                                     "search": {"mode": "outcome"}}))
+    head = orjson.dumps({"resourceType": "Bundle", "type": "searchset", "total": answer.total,
+                         "link": [{"relation": r, "url": scrub(u)} for r, u in links]})
     return head[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
 
 
@@ -76,41 +109,54 @@ def _paging(request: Request) -> tuple[int, int, list[tuple[str, str]]]:
     return min(count, MAX_COUNT), offset, params
 
 
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
 @router.get("/{res_type}")
 def search_type(res_type: str, request: Request, party: Party = Depends(bearer_party)) -> Response:
     _known_type(res_type)
     count, offset, params = _paging(request)
     criteria = [(n, v) for n, v in params if n not in search.RESULT_PARAMS]
+    engine = request.app.state.engine
     try:
-        with request.app.state.engine.connect() as conn:
-            page = access.search(conn, party, res_type, criteria, count, offset)
+        with engine.connect() as conn:
+            answer = access.search(conn, engine, caller_of(request, party), res_type, criteria,
+                                   count, offset)
     except search.SearchError as exc:
         raise BadRequest(str(exc)) from None
-    base = str(request.base_url).rstrip("/") + "/fhir"
+    base = _base(request)
     self_q = criteria + [("_count", str(count)), ("_offset", str(offset))]
     links = [("self", f"{base}/{res_type}?{urlencode(self_q)}")]
-    if offset + count < page.total and count:
+    if offset + count < answer.total and count:
         next_q = criteria + [("_count", str(count)), ("_offset", str(offset + count))]
         links.append(("next", f"{base}/{res_type}?{urlencode(next_q)}"))
-    entries = [_entry(base, row, party) for row in page.rows]
-    return fhir_response(_bundle(page.total, links, entries))
+    return fhir_response(_bundle(answer, base, links))
 
 
 @router.get("/{res_type}/{res_id}")
 def read(res_type: str, res_id: str, request: Request,
          party: Party = Depends(bearer_party)) -> Response:
     _known_type(res_type)
-    with request.app.state.engine.connect() as conn:
-        row = access.read(conn, party, res_type, res_id)
-    content = store.with_meta(row.content, row.version, row.last_updated)
-    return fhir_response(access.present(party, row, content))
+    if res_type == "AuditEvent":
+        raise NotFound("audit events are searched, not read by id: GET /fhir/AuditEvent?...")
+    engine = request.app.state.engine
+    with engine.connect() as conn:
+        answer = access.read(conn, engine, caller_of(request, party), res_type, res_id)
+    return fhir_response(_resource_bytes(answer, answer.rows[0]))
 
 
 @router.get("/Patient/{patient_id}/$everything")
 def everything(patient_id: str, request: Request, party: Party = Depends(bearer_party)) -> Response:
-    with request.app.state.engine.connect() as conn:
-        rows = access.everything(conn, party, patient_id)
-    base = str(request.base_url).rstrip("/") + "/fhir"
-    entries = [_entry(base, row, party) for row in rows]
-    links = [("self", f"{base}/Patient/{patient_id}/$everything")]
-    return fhir_response(_bundle(len(rows), links, entries))
+    engine = request.app.state.engine
+    with engine.connect() as conn:
+        answer = access.everything(conn, engine, caller_of(request, party), patient_id)
+    base = _base(request)
+    return fhir_response(_bundle(answer, base, [("self", f"{base}/Patient/{patient_id}/$everything")]))
+
+
+@lru_cache(maxsize=1)
+def hospital_names() -> dict[str, str]:
+    from settlement.reference import default_reference
+
+    return {h.code: h.name for h in default_reference().hospitals.values()}

@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, not_, select
 from sqlalchemy.engine import Connection
 
 from hub import search
-from hub.models import Resource
+from hub.models import AuditRecord, Resource
 
 R = Resource.__table__
 _COLUMNS = (R.c.res_type, R.c.res_id, R.c.version, R.c.last_updated, R.c.content, R.c.patient_id,
@@ -34,15 +34,25 @@ def read_one(conn: Connection, res_type: str, res_id: str):
                         .where(R.c.res_type == res_type, R.c.res_id == res_id)).first()
 
 
-def search_page(conn: Connection, res_type: str, params: list[tuple[str, str]], count: int,
-                offset: int, extra: list) -> Page:
-    """One page of a search, newest first by the type's date element, and the total."""
-    where = [R.c.res_type == res_type, R.c.deleted.is_(False), *extra]
+def read_one_where(conn: Connection, res_type: str, res_id: str, extra: list):
+    """The current version of one resource if ``extra`` lets it through, else None."""
+    return conn.execute(select(*_COLUMNS).where(
+        R.c.res_type == res_type, R.c.res_id == res_id, R.c.deleted.is_(False), *extra)).first()
+
+
+def _criteria(res_type: str, params: list[tuple[str, str]]) -> list:
+    where = [R.c.res_type == res_type, R.c.deleted.is_(False)]
     for name, raw in params:
         if name == "patient" and res_type in search.CLINICAL_TYPES:
             where.append(R.c.patient_id.in_([v.split("/")[-1] for v in raw.split(",")]))
     other = [(n, v) for n, v in params if not (n == "patient" and res_type in search.CLINICAL_TYPES)]
-    where += search.conditions(res_type, other, R)
+    return where + search.conditions(res_type, other, R)
+
+
+def search_page(conn: Connection, res_type: str, params: list[tuple[str, str]], count: int,
+                offset: int, extra: list) -> Page:
+    """One page of a search, newest first by the type's date element, and the total."""
+    where = _criteria(res_type, params) + list(extra)
     total = conn.execute(select(func.count()).select_from(R).where(*where)).scalar_one()
     rows = conn.execute(select(*_COLUMNS).where(*where)
                         .order_by(R.c.sort_date.desc().nulls_last(), R.c.res_id)
@@ -68,11 +78,48 @@ def patient_resources(conn: Connection, patient_id: str, extra: list) -> list:
     return rows
 
 
-def count_withheld(conn: Connection, where: list, extra: list) -> int:
-    """How many resources ``where`` matches that ``extra`` holds back (0: nothing withheld)."""
+def count_withheld(conn: Connection, res_type: str, params: list[tuple[str, str]],
+                   extra: list) -> int:
+    """How many resources the search matches that ``extra`` holds back (0: nothing withheld)."""
     if not extra:
         return 0
-    from sqlalchemy import and_, not_
+    return conn.execute(select(func.count()).select_from(R).where(
+        *_criteria(res_type, params), not_(and_(*extra)))).scalar_one()
 
-    return conn.execute(select(func.count()).select_from(R)
-                        .where(*where, not_(and_(*extra)))).scalar_one()
+
+def count_withheld_of_patient(conn: Connection, patient_id: str, extra: list) -> int:
+    if not extra:
+        return 0
+    return conn.execute(select(func.count()).select_from(R).where(
+        R.c.patient_id == patient_id, R.c.deleted.is_(False), not_(and_(*extra)))).scalar_one()
+
+
+def audit_page(conn: Connection, params: list[tuple[str, str]], count: int, offset: int) -> Page:
+    """Audit rows, newest first, by ``patient``, ``date`` (with prefixes) and ``outcome``."""
+    A = AuditRecord.__table__
+    where = []
+    for name, raw in params:
+        if name == "patient":
+            where.append(A.c.patient_id == raw.split("/")[-1])
+        elif name == "date":
+            where.append(_audit_date(A, raw))
+        elif name == "outcome":
+            where.append(A.c.outcome == {"0": "allowed", "4": "refused"}.get(raw, raw))
+        elif name == "agent":
+            where.append(A.c.party_code == raw.split("|")[-1])
+        else:
+            raise search.SearchError(f"unknown search parameter {name!r} for AuditEvent")
+    total = conn.execute(select(func.count()).select_from(A).where(*where)).scalar_one()
+    rows = conn.execute(select(A).where(*where).order_by(A.c.recorded.desc(), A.c.id.desc())
+                        .limit(count).offset(offset)).all()
+    return Page(total, rows)
+
+
+def _audit_date(A, raw: str):
+    from datetime import datetime
+
+    prefix, text = ("eq", raw) if raw[:2].isdigit() else (raw[:2], raw[2:])
+    lo, hi = (datetime.fromisoformat(v + "+00:00") for v in search.date_range(text))
+    return {"eq": and_(A.c.recorded >= lo, A.c.recorded < hi), "ge": A.c.recorded >= lo,
+            "gt": A.c.recorded >= hi, "le": A.c.recorded < hi, "lt": A.c.recorded < lo
+            }.get(prefix, and_(A.c.recorded >= lo, A.c.recorded < hi))

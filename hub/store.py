@@ -318,3 +318,22 @@ def _index_rows(t: str, i: str, resource: dict, pid: str | None) -> list[dict]:
             if row["value"] == placeholder:
                 row["value"] = pid
     return rows
+
+
+def patient_for_resident_id(engine, resident_id: str) -> str:
+    """The index id of the person with this (checked) resident ID; a person the hub has no
+    record of yet gets an index entry now (the same id their first record will join), so their
+    sharing choices and access log have somewhere to live."""
+    from hub.db import writer
+
+    key = f"rid:{resident_id}"
+    with writer(engine).begin() as conn:
+        pid = conn.execute(select(PatientKey.patient_id).where(PatientKey.key == key)).scalar()
+        if pid is not None:
+            return pid
+        pid = make_id("Patient", key)
+        if conn.execute(select(PatientRow.id).where(PatientRow.id == pid)).first() is None:
+            conn.execute(insert(PatientRow), [{"id": pid, "primary_key": key,
+                                               "created": datetime.now(timezone.utc)}])
+        conn.execute(insert(PatientKey), [{"key": key, "patient_id": pid}])
+        return pid

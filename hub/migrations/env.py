@@ -4,6 +4,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import hub.models  # noqa: F401  (registers the tables)
+import settlement.models  # noqa: F401
 from hub.config import get_settings
 from hub.db import make_engine
 

@@ -89,3 +89,10 @@ def test_hospital_number_fallback_is_per_hospital(db):
     b = _put(db, record("V2", "H1", patient((HOSPITAL_PATIENT_NO_SYSTEM, "M1"))))
     c = _put(db, record("V3", "H2", patient((HOSPITAL_PATIENT_NO_SYSTEM, "M1"))))
     assert a.patients == b.patients != c.patients
+
+
+def test_portal_identity_joins_the_same_patient_as_records(db):
+    pid = store.patient_for_resident_id(db, RID)
+    assert store.patient_for_resident_id(db, RID) == pid
+    later = _put(db, record("V1", "H33042100015", patient((RESIDENT_ID_SYSTEM, RID))))
+    assert later.patients == {pid}

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 14:25:09.740230
+Create Date: 2026-11-25 14:29:26.767173
 """
 from alembic import op
 import sqlalchemy as sa
