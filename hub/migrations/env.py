@@ -5,6 +5,8 @@ from sqlmodel import SQLModel
 
 import hub.models  # noqa: F401  (registers the tables)
 import settlement.models  # noqa: F401
+import settlement.transfer_models  # noqa: F401
+import hub.portal.models  # noqa: F401
 from hub.config import get_settings
 from hub.db import make_engine
 

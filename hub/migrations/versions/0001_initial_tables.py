@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 14:29:26.767173
+Create Date: 2026-11-25 14:32:39.438544
 """
 from alembic import op
 import sqlalchemy as sa
@@ -64,6 +64,23 @@ def upgrade() -> None:
     with op.batch_alter_table('patient_key', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_patient_key_patient_id'), ['patient_id'], unique=False)
 
+    op.create_table('portal_session',
+    sa.Column('id_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('patient_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('province', sqlmodel.sql.sqltypes.AutoString(length=2), nullable=False),
+    sa.Column('certno', sqlmodel.sql.sqltypes.AutoString(length=18), nullable=False),
+    sa.Column('masked_id', sqlmodel.sql.sqltypes.AutoString(length=18), nullable=False),
+    sa.Column('psn_name', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
+    sa.Column('insuinfo', sa.Text(), nullable=False),
+    sa.Column('csrf', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('created', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('expires', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id_hash')
+    )
+    with op.batch_alter_table('portal_session', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_portal_session_expires'), ['expires'], unique=False)
+        batch_op.create_index(batch_op.f('ix_portal_session_patient_id'), ['patient_id'], unique=False)
+
     op.create_table('record',
     sa.Column('key', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
     sa.Column('hospital', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
@@ -120,6 +137,60 @@ def upgrade() -> None:
         batch_op.create_index('ix_search_resource', ['res_type', 'res_id'], unique=False)
         batch_op.create_index('ix_search_token', ['res_type', 'param', 'value', 'system'], unique=False)
 
+    op.create_table('settlement',
+    sa.Column('setl_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('fixmedins_code', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
+    sa.Column('request_key', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('body_digest', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('body', sa.Text(), nullable=False),
+    sa.Column('state', sqlmodel.sql.sqltypes.AutoString(length=12), nullable=False),
+    sa.Column('mdtrtarea_admvs', sqlmodel.sql.sqltypes.AutoString(length=6), nullable=False),
+    sa.Column('mdtrtarea', sqlmodel.sql.sqltypes.AutoString(length=2), nullable=False),
+    sa.Column('insuplc_admdvs', sqlmodel.sql.sqltypes.AutoString(length=6), nullable=False),
+    sa.Column('insuplc', sqlmodel.sql.sqltypes.AutoString(length=2), nullable=False),
+    sa.Column('insutype', sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
+    sa.Column('mdtrt_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('psn_no', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
+    sa.Column('split', sa.Text(), nullable=True),
+    sa.Column('refusal', sa.Text(), nullable=True),
+    sa.Column('error_code', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
+    sa.Column('insurer_setl_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+    sa.Column('accum_year', sa.Integer(), nullable=True),
+    sa.Column('accum_version', sa.Integer(), nullable=True),
+    sa.Column('setl_time', sqlmodel.sql.sqltypes.AutoString(length=19), nullable=True),
+    sa.Column('setl_date', sqlmodel.sql.sqltypes.AutoString(length=10), nullable=True),
+    sa.Column('msgid', sqlmodel.sql.sqltypes.AutoString(length=30), nullable=True),
+    sa.Column('msgids', sa.Text(), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('conflicts', sa.Integer(), nullable=False),
+    sa.Column('next_at', sa.Float(), nullable=False),
+    sa.Column('deadline', sa.Float(), nullable=False),
+    sa.Column('runner', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
+    sa.Column('run_until', sa.Float(), nullable=False),
+    sa.Column('last_error', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
+    sa.Column('void_msgid', sqlmodel.sql.sqltypes.AutoString(length=30), nullable=True),
+    sa.Column('voided_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('finished_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.PrimaryKeyConstraint('setl_id'),
+    sa.UniqueConstraint('fixmedins_code', 'request_key', name='uq_settlement_request')
+    )
+    with op.batch_alter_table('settlement', schema=None) as batch_op:
+        batch_op.create_index('ix_settlement_setl_date', ['setl_date'], unique=False)
+        batch_op.create_index('ix_settlement_state', ['state'], unique=False)
+
+    op.create_table('settlement_msgid',
+    sa.Column('msgid', sqlmodel.sql.sqltypes.AutoString(length=30), nullable=False),
+    sa.Column('setl_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.PrimaryKeyConstraint('msgid')
+    )
+    op.create_table('settlement_person_lease',
+    sa.Column('person_key', sqlmodel.sql.sqltypes.AutoString(length=48), nullable=False),
+    sa.Column('holder', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('until', sa.Float(), nullable=False),
+    sa.PrimaryKeyConstraint('person_key')
+    )
     op.create_table('sharing',
     sa.Column('patient_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('cross_province', sa.Boolean(), nullable=False),
@@ -129,6 +200,54 @@ def upgrade() -> None:
     sa.Column('updated', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('patient_id')
     )
+    op.create_table('transfer',
+    sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('patient_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('active_patient', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+    sa.Column('certno', sqlmodel.sql.sqltypes.AutoString(length=18), nullable=False),
+    sa.Column('psn_name', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
+    sa.Column('from_admdvs', sqlmodel.sql.sqltypes.AutoString(length=6), nullable=False),
+    sa.Column('to_admdvs', sqlmodel.sql.sqltypes.AutoString(length=6), nullable=False),
+    sa.Column('insutype', sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=12), nullable=False),
+    sa.Column('created', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('updated', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('applied_on', sa.Date(), nullable=False),
+    sa.Column('cancel_requested', sa.Boolean(), nullable=False),
+    sa.Column('refusal_code', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
+    sa.Column('refusal_message', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
+    sa.Column('cert_no', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=True),
+    sa.Column('insu_months', sa.Integer(), nullable=True),
+    sa.Column('acct_balc', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=True),
+    sa.Column('fund_txn_id', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=True),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('next_attempt_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('last_error', sqlmodel.sql.sqltypes.AutoString(length=300), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('active_patient')
+    )
+    with op.batch_alter_table('transfer', schema=None) as batch_op:
+        batch_op.create_index('ix_transfer_due', ['status', 'next_attempt_at'], unique=False)
+        batch_op.create_index('ix_transfer_patient', ['patient_id', 'created'], unique=False)
+
+    op.create_table('transfer_step',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('transfer_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('seq', sa.Integer(), nullable=False),
+    sa.Column('infno', sqlmodel.sql.sqltypes.AutoString(length=4), nullable=False),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
+    sa.Column('msgid', sqlmodel.sql.sqltypes.AutoString(length=30), nullable=True),
+    sa.Column('started_on', sa.Date(), nullable=False),
+    sa.Column('deadline', sa.Date(), nullable=False),
+    sa.Column('done_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('outcome', sa.Text(), nullable=True),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('transfer_id', 'infno', name='uq_transfer_step')
+    )
+    with op.batch_alter_table('transfer_step', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_transfer_step_transfer_id'), ['transfer_id'], unique=False)
+
     op.create_table('upload',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('channel', sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
@@ -156,7 +275,23 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_upload_sender'))
 
     op.drop_table('upload')
+    with op.batch_alter_table('transfer_step', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_transfer_step_transfer_id'))
+
+    op.drop_table('transfer_step')
+    with op.batch_alter_table('transfer', schema=None) as batch_op:
+        batch_op.drop_index('ix_transfer_patient')
+        batch_op.drop_index('ix_transfer_due')
+
+    op.drop_table('transfer')
     op.drop_table('sharing')
+    op.drop_table('settlement_person_lease')
+    op.drop_table('settlement_msgid')
+    with op.batch_alter_table('settlement', schema=None) as batch_op:
+        batch_op.drop_index('ix_settlement_state')
+        batch_op.drop_index('ix_settlement_setl_date')
+
+    op.drop_table('settlement')
     with op.batch_alter_table('search_index', schema=None) as batch_op:
         batch_op.drop_index('ix_search_token')
         batch_op.drop_index('ix_search_resource')
@@ -170,6 +305,11 @@ def downgrade() -> None:
 
     op.drop_table('resource')
     op.drop_table('record')
+    with op.batch_alter_table('portal_session', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_portal_session_patient_id'))
+        batch_op.drop_index(batch_op.f('ix_portal_session_expires'))
+
+    op.drop_table('portal_session')
     with op.batch_alter_table('patient_key', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_patient_key_patient_id'))
 
