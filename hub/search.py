@@ -101,6 +101,9 @@ PARAMS: dict[str, tuple[Param, ...]] = {
 SORT_PARAM: dict[str, str] = {
     t: next((p.name for p in ps if p.kind == "date"), "") for t, ps in PARAMS.items()
 }
+# Parameters answered from a column of ``resource`` rather than the index (every clinical
+# resource's patient is ``resource.patient_id``): not indexed, a row per resource saved.
+COLUMN_PARAMS = frozenset({"patient"})
 CLINICAL_TYPES = tuple(t for t in PARAMS if t not in ("Patient", "Organization", "Practitioner"))
 RESULT_PARAMS = frozenset({"_count", "_offset", "_sort", "_format", "_summary", "_elements"})
 
@@ -208,6 +211,8 @@ def index_rows(res_type: str, res_id: str, resource: dict[str, Any]) -> list[dic
     """The ``search_index`` rows of one resource (plain dicts for a bulk insert)."""
     rows: list[dict[str, Any]] = []
     for param in PARAMS.get(res_type, ()):
+        if param.name in COLUMN_PARAMS:
+            continue
         for path in param.paths:
             for value in _values(resource, path):
                 rows.extend(_rows_for(param, value))

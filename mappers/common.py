@@ -23,6 +23,7 @@ human-readable reason; mappers catch it and turn it into a ``Rejection`` at the 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 import uuid
@@ -122,9 +123,20 @@ PERSON_DOCUMENT_SYSTEMS = (RESIDENT_ID_SYSTEM, PASSPORT_SYSTEM, HK_MACAO_PASS_SY
 _NAMESPACE = uuid.UUID("6f1c1a52-8d64-4c1e-9a9e-7c2b7e1d0a11")
 
 
+_NAMESPACE_BYTES = _NAMESPACE.bytes
+
+
 def make_id(*parts: str) -> str:
-    """A deterministic FHIR id (36 chars, [a-f0-9-]) from the source's own keys."""
-    return str(uuid.uuid5(_NAMESPACE, "|".join(parts)))
+    """A deterministic FHIR id (36 chars, [a-f0-9-]) from the source's own keys.
+
+    Exactly ``str(uuid.uuid5(_NAMESPACE, "|".join(parts)))``, computed without building UUID
+    objects (ids are made for every resource of every upload).
+    """
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + "|".join(parts).encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def hospital_area(hospital_code: str) -> str:
@@ -428,8 +440,26 @@ def reference_range(raw: Any, unit: str | None = None) -> list[dict] | None:
 def validate(resource: dict[str, Any]) -> dict[str, Any]:
     """Validate a resource dict as R4 (``fhir.resources.R4B``) and return it unchanged.
 
-    Raises InvalidValue with the first validation error's path and message.
+    Raises InvalidValue with the first validation error's path and message. A resource equal to
+    one already validated in this process (a hospital's Organization in every visit of an
+    upload) is not validated again: validation is most of a mapper's time.
     """
+    import orjson
+
+    key = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+    if key in _VALID:
+        return resource
+    _validate_uncached(resource)
+    if len(_VALID) > 4096:
+        _VALID.clear()
+    _VALID.add(key)
+    return resource
+
+
+_VALID: set[bytes] = set()
+
+
+def _validate_uncached(resource: dict[str, Any]) -> None:
     from fhir.resources.R4B import get_fhir_model_class
     from pydantic import ValidationError as PydanticValidationError
 
@@ -440,7 +470,6 @@ def validate(resource: dict[str, Any]) -> dict[str, Any]:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ()))
         raise InvalidValue(f"{resource['resourceType']}.{where}: {err.get('msg')}") from None
-    return resource
 
 
 def hospital_organization(code: str, name: str | None = None) -> dict[str, Any]:

@@ -83,3 +83,11 @@ def test_lab_values():
     assert lab_value("见报告") == {"valueString": "见报告"}
     assert reference_range("3.9-6.1")[0]["low"]["value"] == 3.9
     assert reference_range("<5.2")[0]["high"]["value"] == 5.2
+
+
+@given(st.lists(st.text(max_size=20), min_size=1, max_size=4))
+def test_make_id_is_uuid5(parts):
+    import uuid
+
+    from mappers.common import _NAMESPACE, make_id
+    assert make_id(*parts) == str(uuid.uuid5(_NAMESPACE, "|".join(parts)))

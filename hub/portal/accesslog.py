@@ -1,0 +1,55 @@
+"""The patient's own audit: every read of their records, newest first (``GET /api/me/access-log``).
+
+Clinical reads go through ``hub.access``; this reads only ``audit_event`` rows of the signed-in
+patient, which are the patient's to see. Hospital names come from the reference data (an unknown
+code shows the code). Reads by the region's administrators are shown too (purpose
+``administration``, organisation ``YRDHUB``): the patient sees every read of their data, and a platform's refused attempt
+under its province's platform name.
+"""
+
+from __future__ import annotations
+
+from datetime import timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from hub.models import AuditRecord
+from mappers.common import CST
+from settlement.reference import default_reference
+
+HUB_ORGANISATION = {"code": "YRDHUB", "name": "长三角医疗数据枢纽（管理员）"}
+PURPOSE_LABELS = {"treatment": "诊疗", "emergency": "急诊紧急查阅", "administration": "管理"}
+OUTCOME_LABELS = {"allowed": "已允许", "refused": "已拒绝"}
+
+
+INSURER_NAMES = {"SH": "上海市医保信息平台", "JS": "江苏省医保信息平台", "ZJ": "浙江省医保信息平台",
+                 "AH": "安徽省医保信息平台"}
+
+
+def organisation(kind: str, code: str | None) -> dict[str, str | None]:
+    """``{"code", "name"}`` of the party that read: a hospital by its reference name, a
+    province's platform by its name, an administrator as the hub."""
+    if kind == "insurer":
+        return {"code": code, "name": INSURER_NAMES.get(code or "", code)}
+    if kind != "hospital":
+        return dict(HUB_ORGANISATION)
+    hospital = default_reference().hospital(code or "")
+    return {"code": code, "name": hospital.name if hospital else code}
+
+
+def access_log(engine: Engine, patient_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """The patient's entries, newest first (ties: latest written first); ``limit`` None: all."""
+    A = AuditRecord.__table__
+    query = (select(A.c.recorded, A.c.party_kind, A.c.party_code, A.c.purpose, A.c.reason, A.c.outcome, A.c.what)
+             .where(A.c.patient_id == patient_id)
+             .order_by(A.c.recorded.desc(), A.c.id.desc()))
+    if limit is not None:
+        query = query.limit(limit)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [{"time": (r.recorded if r.recorded.tzinfo else r.recorded.replace(tzinfo=timezone.utc))
+             .astimezone(CST).isoformat(),
+             "organisation": organisation(r.party_kind, r.party_code), "purpose": r.purpose,
+             "reason": r.reason, "outcome": r.outcome, "what": r.what} for r in rows]

@@ -1,0 +1,178 @@
+"""Patients' sign-in and sessions.
+
+Sign-in (``sign_in``): the insured province's platform checks the e-voucher code with 1101,
+``mdtrt_cert_type`` ``01``. A refusal (``TOKEN_INVALID``, ``TOKEN_EXPIRED``, ``PERSON_NOT_FOUND``)
+or an unreadable form is a ``SignInFailed`` with status 401 and a Chinese message; a platform that
+cannot be reached or is not configured is 503 (the code may be fine: the person should try later).
+
+Sessions: the cookie ``yrd_session`` carries a random id (256 bits); the table holds only its
+SHA-256. Cookies are HttpOnly, ``SameSite=Strict``, ``Secure`` over HTTPS, and expire after
+``settings.session_hours`` (so does the row: an expired row is refused and deleted). Each session
+has its own CSRF token for the pages' forms. Before sign-in, the login form's CSRF is a
+double-submit: a random ``yrd_csrf`` cookie (HttpOnly, SameSite=Strict) that the hidden field must
+repeat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+from fastapi import Request
+from sqlalchemy import delete, insert, select
+from sqlalchemy.engine import Engine
+from starlette.responses import Response
+
+from hub.db import writer
+from hub.errors import Unauthenticated
+from hub.portal.models import PortalSession
+from hub.store import patient_for_resident_id
+from mappers.common import InvalidValue, mask_resident_id, normalize_resident_id
+from settlement.platform import PlatformError, Refused
+
+COOKIE = "yrd_session"
+CSRF_COOKIE = "yrd_csrf"
+PROVINCES = {"SH": "上海市", "JS": "江苏省", "ZJ": "浙江省", "AH": "安徽省"}
+SIGN_IN_REFUSALS = {
+    "TOKEN_INVALID": "电子凭证码无效。请在医保App中打开“医保电子凭证”，刷新后重新输入。",
+    "TOKEN_EXPIRED": "电子凭证码已过期。请在医保App中刷新电子凭证后重新输入。",
+    "PERSON_NOT_FOUND": "所选省份的医保平台没有查到您的参保信息，请确认参保地是否选对。",
+}
+_UTC = timezone.utc
+
+
+class SignInFailed(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass(frozen=True)
+class PatientSession:
+    id_hash: str
+    patient_id: str
+    province: str
+    certno: str
+    masked_id: str
+    psn_name: str
+    insuinfo: list[dict[str, Any]]
+    csrf: str
+    expires: datetime
+
+    def coverage(self, insutype: str) -> dict[str, Any] | None:
+        """The 1101 coverage entry of ``insutype`` seen at sign-in (None: not insured so)."""
+        return next((i for i in self.insuinfo if i.get("insutype") == insutype), None)
+
+
+def hash_id(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def same_token(expected: str | None, given: str | None) -> bool:
+    """Constant-time equality of two CSRF tokens; False when either is missing."""
+    return bool(expected) and bool(given) and hmac.compare_digest(str(expected), str(given))
+
+
+async def sign_in(platform: Any, province: str, code: str) -> dict[str, Any]:
+    """Check ``code`` at ``province``'s platform; returns the 1101 output. Raises SignInFailed."""
+    if province not in PROVINCES:
+        raise SignInFailed(401, "请选择参保省份。")
+    code = (code or "").strip()
+    if not code or len(code) > 64 or not code.isprintable():
+        raise SignInFailed(401, "请输入医保App中显示的电子凭证码。")
+    if platform is None:
+        raise SignInFailed(503, "医保平台暂时无法连接，请稍后再试。")
+    try:
+        return await platform.person_info(province, "01", code)
+    except Refused as exc:
+        raise SignInFailed(401, SIGN_IN_REFUSALS.get(exc.err_code, f"登录失败：{exc.err_msg or exc.err_code}")) from None
+    except PlatformError:
+        raise SignInFailed(503, f"{PROVINCES[province]}医保平台暂时无法连接，请稍后再试。") from None
+
+
+def open_session(engine: Engine, province: str, info: dict[str, Any], hours: int) -> tuple[str, PatientSession]:
+    """Store a session for the person 1101 described; returns (cookie value, session).
+    SignInFailed(401) when the platform's answer holds no valid resident ID."""
+    base = info.get("baseinfo") or {}
+    try:
+        certno = normalize_resident_id(base.get("certno"))
+    except InvalidValue:
+        raise SignInFailed(401, "医保平台返回的身份信息无法识别，请联系参保地医保经办机构。") from None
+    token = secrets.token_urlsafe(32)
+    now = datetime.now(_UTC)
+    row = {"id_hash": hash_id(token), "patient_id": patient_for_resident_id(engine, certno), "province": province,
+           "certno": certno, "masked_id": mask_resident_id(certno), "psn_name": str(base.get("psn_name") or ""),
+           "insuinfo": orjson.dumps(info.get("insuinfo") or []).decode(), "csrf": secrets.token_urlsafe(24),
+           "created": now, "expires": now + timedelta(hours=hours)}
+    with writer(engine).begin() as conn:
+        conn.execute(delete(PortalSession).where(PortalSession.expires < now))
+        conn.execute(insert(PortalSession), [row])
+    return token, _as_session(row)
+
+
+def _as_session(row: Any) -> PatientSession:
+    get = row.get if isinstance(row, dict) else lambda k: getattr(row, k)
+    expires = get("expires")
+    expires = expires if expires.tzinfo else expires.replace(tzinfo=_UTC)
+    return PatientSession(get("id_hash"), get("patient_id"), get("province"), get("certno"), get("masked_id"),
+                          get("psn_name"), orjson.loads(get("insuinfo")), get("csrf"), expires)
+
+
+def find_session(engine: Engine, token: str | None) -> PatientSession | None:
+    """The live session of a cookie value; None when absent, unknown or expired."""
+    if not token or len(token) > 100:
+        return None
+    with engine.connect() as conn:
+        row = conn.execute(select(PortalSession.__table__).where(PortalSession.id_hash == hash_id(token))).first()
+    if row is None:
+        return None
+    session = _as_session(row)
+    return session if session.expires > datetime.now(_UTC) else None
+
+
+def end_session(engine: Engine, token: str | None) -> None:
+    """Delete the session of a cookie value (nothing when there is none)."""
+    if token:
+        with writer(engine).begin() as conn:
+            conn.execute(delete(PortalSession).where(PortalSession.id_hash == hash_id(token)))
+
+
+def current(request: Request) -> PatientSession | None:
+    return find_session(request.app.state.engine, request.cookies.get(COOKIE))
+
+
+def require(request: Request) -> PatientSession:
+    """The request's session, or ``Unauthenticated`` (401 JSON under /api/me)."""
+    session = current(request)
+    if session is None:
+        raise Unauthenticated("请先登录（没有有效的会话）。", code="NO_SESSION")
+    return session
+
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def set_session_cookie(response: Response, request: Request, token: str, hours: int) -> None:
+    response.set_cookie(COOKIE, token, max_age=hours * 3600, httponly=True, samesite="strict",
+                        secure=_secure(request), path="/")
+
+
+def clear_session_cookie(response: Response, request: Request) -> None:
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=_secure(request))
+
+
+def login_token(request: Request) -> str:
+    """The login form's CSRF token: the ``yrd_csrf`` cookie's when it has one, else a new one."""
+    token = request.cookies.get(CSRF_COOKIE)
+    return token if token and len(token) <= 100 else secrets.token_urlsafe(24)
+
+
+def set_login_cookie(response: Response, request: Request, token: str) -> None:
+    response.set_cookie(CSRF_COOKIE, token, max_age=3600, httponly=True, samesite="strict",
+                        secure=_secure(request), path="/portal")

@@ -1,0 +1,320 @@
+"""The settlement service over real sockets: the simulated platforms (real HTTP servers) and a hub
+served by uvicorn, called as the treatment province's platform would call it.
+
+The fixtures and helpers at the top are shared with test_faults.py and test_reconcile.py."""
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from settlement.service import Options
+from settlement.simulator import start_simulators
+from tests.conftest import Hub, free_port, serve_in_thread
+
+LISI = "33042119850412002X"  # ZJ 330421, the 1101 example
+QINGPU = "H31011800012"  # SH 310118, level 2, demonstration zone
+WUJIANG = "H32050900012"  # JS 320509, level 2, demonstration zone
+HUANGPU = "H31010100001"  # SH 310101, level 3
+XIHU = "H33010600001"  # ZJ 330106, level 3
+LIUYANG = "340104197506060010"  # AH 340104, resident filing for all of Shanghai
+FAST = Options(wait=1.5, give_up=30.0, runner_lease=2.0, person_lease=5.0, sweep=0.3, retry_min=0.05,
+               retry_max=0.5)
+
+
+def body(key: str, cert: str = LISI, insuplc: str = "330421", hospital: str = QINGPU, **over) -> dict:
+    raw = {"request_key": key, "fixmedins_code": hospital, "mdtrt_id": f"MZ-{key}", "mdtrt_cert_type": "02",
+           "mdtrt_cert_no": cert, "insuplc_admdvs": insuplc, "insutype": "310", "visit_type": "outpatient",
+           "visit_time": "2024-03-15T09:30:00+08:00", "use_personal_account": True,
+           "lines": [{"med_list_codg": "XJ01CAA040A001", "cnt": "2", "pric": "18.60", "det_item_fee_sumamt": "37.20"}]}
+    raw.update(over)
+    return raw
+
+
+@pytest.fixture
+def sims():
+    running = start_simulators()
+    yield running
+    running.stop()
+
+
+def start_hub(database_url, engine, sims, options: Options = FAST):
+    from hub.app import create_app
+    from hub.config import Settings
+
+    urls = {f"insurer_{p.lower()}_url": u for p, u in sims.urls.items()}
+    app = create_app(Settings(database_url=database_url, mllp_port=0, map_workers=0, **urls))
+    app.state.settlement_options = options
+    port = free_port()
+    server = serve_in_thread(app, port)
+    return Hub(f"http://127.0.0.1:{port}", engine, app), server
+
+
+def stop_hub(server) -> None:
+    server.should_exit = True
+    server.thread.join(10)
+
+
+@pytest.fixture
+def shub(database_url, engine, db, sims):
+    hub, server = start_hub(database_url, engine, sims)
+    yield hub
+    stop_hub(server)
+
+
+def poll(client: httpx.Client, setl_id: str, timeout: float = 20.0, until=("settled", "refused", "voided")) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = client.get(f"/settlement/{setl_id}").json()
+        if answer["status"] in until or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.1)
+
+
+EXAMPLE_SPLIT = {"medfee_sumamt": "37.20", "fulamt_ownpay_amt": "0.00", "overlmt_selfpay": "0.00",
+                 "preselfpay_amt": "0.00", "inscp_scp_amt": "37.20", "act_pay_dedc": "0.00",
+                 "hifp_pay": "27.90", "fund_pay_sumamt": "27.90", "acct_pay": "9.30", "psn_cash_pay": "0.00"}
+
+
+def row_of(engine, setl_id: str) -> dict:
+    from settlement.service import Store
+
+    return Store(engine, 1).get(setl_id)
+
+
+def test_settle_answers_the_interface_example_exactly(shub, sims):
+    with shub.client(shub.token("insurer", "SH")) as c:
+        r = c.post("/settlement/settle", json=body("K-1"))
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["status"] == "settled" and answer["refusal"] is None
+    assert answer["split"] == EXAMPLE_SPLIT
+    [entry] = sims.settlements("ZJ", answer["setl_id"])
+    assert entry["insurer_setl_id"] == answer["insurer_setl_id"] and entry["commit_no"] == 1
+    assert entry["hifp_pay"] == "27.90" and entry["acct_pay"] == "9.30"
+
+
+def test_presettle_computes_and_commits_nothing(shub, sims):
+    with shub.client(shub.token("insurer", "SH")) as c:
+        r = c.post("/settlement/presettle", json=body("K-2"))
+    assert r.status_code == 200
+    assert r.json()["status"] == "computed" and r.json()["split"] == EXAMPLE_SPLIT
+    assert sims.settlements("ZJ") == [] and sims.received("ZJ", "2207") == []
+
+
+def test_presettle_without_platform_is_503(shub, sims):
+    sims.set_faults("ZJ", maintenance=True, retry_after=30)
+    with shub.client(shub.token("insurer", "SH")) as c:
+        r = c.post("/settlement/presettle", json=body("K-3"))
+    assert r.status_code == 503 and r.json()["error"]["code"] == "PLATFORM_UNAVAILABLE"
+
+
+@pytest.mark.parametrize("cert,insuplc,hospital,token,code", [
+    ("330106198504120089", "310106", XIHU, "ZJ", "NOT_FILED"),  # SH insured, ZJ hospital, no filing
+    ("310115198811200030", "310115", XIHU, "ZJ", "NOT_ACTIVE"),  # suspended
+    ("110101199003070038", "330106", QINGPU, "SH", "PERSON_NOT_FOUND"),
+])
+def test_refusals_are_final_and_send_no_2207(shub, sims, cert, insuplc, hospital, token, code):
+    with shub.client(shub.token("insurer", token)) as c:
+        r = c.post("/settlement/settle", json=body("K-R", cert=cert, insuplc=insuplc, hospital=hospital))
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "refused" and r.json()["refusal"]["code"] == code
+        assert cert not in r.text or code == "PERSON_NOT_FOUND" and cert not in r.json()["refusal"]["message"]
+        assert c.get(f"/settlement/{r.json()['setl_id']}").json()["status"] == "refused"
+    assert all(sims.received(p, "2207") == [] for p in sims.urls)
+
+
+@pytest.mark.parametrize("over,code", [
+    ({"lines": [{"med_list_codg": "XJ01CAA040A001", "cnt": "2", "pric": "18.60", "det_item_fee_sumamt": "37.21"}]},
+     "LINE_AMOUNT_MISMATCH"),
+    ({"fixmedins_code": "H31099900001"}, "UNKNOWN_HOSPITAL"),
+    ({"lines": []}, "NO_LINES"),
+])
+def test_invalid_requests_are_422(shub, sims, over, code):
+    with shub.client(shub.token("insurer", "SH")) as c:
+        for path in ("/settlement/presettle", "/settlement/settle"):
+            r = c.post(path, json=body("K-I", **over))
+            assert r.status_code == 422 and r.json()["error"]["code"] == code
+    assert all(sims.received(p) == [] for p in sims.urls)
+
+
+def test_only_the_treatment_province_may_call(shub, sims):
+    for kind, subject in (("insurer", "ZJ"), ("hospital", QINGPU)):
+        with shub.client(shub.token(kind, subject)) as c:
+            assert c.post("/settlement/settle", json=body("K-F")).status_code == 403
+    with shub.client(shub.token("insurer", "SH")) as c:
+        setl_id = c.post("/settlement/settle", json=body("K-F")).json()["setl_id"]
+    with shub.client(shub.token("insurer", "JS")) as c:
+        assert c.get(f"/settlement/{setl_id}").status_code == 403
+        assert c.post(f"/settlement/{setl_id}/void").status_code == 403
+    with shub.client() as c:
+        assert c.post("/settlement/settle", json=body("K-F")).status_code == 401
+
+
+def test_same_request_key_returns_the_first_settlement(shub, sims):
+    with shub.client(shub.token("insurer", "SH")) as c:
+        first = c.post("/settlement/settle", json=body("K-4")).json()
+        again = c.post("/settlement/settle", json=body("K-4"))
+        other = c.post("/settlement/settle", json=body("K-4", mdtrt_id="MZ-OTHER"))
+    assert again.status_code == 200 and again.json() == first
+    assert other.status_code == 409 and other.json()["error"]["code"] == "REQUEST_KEY_REUSED"
+    assert len(sims.settlements("ZJ")) == 1
+
+
+def test_void_gives_the_totals_back(shub, sims):
+    with shub.client(shub.token("insurer", "SH")) as c:
+        setl_id = c.post("/settlement/settle", json=body("K-5")).json()["setl_id"]
+        before = sims.person("ZJ", LISI)
+        r = c.post(f"/settlement/{setl_id}/void")
+        assert r.status_code == 200 and r.json()["status"] == "voided"
+        assert c.post(f"/settlement/{setl_id}/void").json()["status"] == "voided"
+        assert c.get(f"/settlement/{setl_id}").json()["status"] == "voided"
+    [entry] = sims.settlements("ZJ", setl_id)
+    assert entry["status"] == "voided"
+    after = sims.person("ZJ", LISI)
+    assert after["insuinfo"][0]["balc"] == before["insuinfo"][0]["balc"] + entry_amount(entry, "acct_pay")
+
+
+def entry_amount(entry: dict, name: str):
+    from decimal import Decimal
+
+    return Decimal(entry[name])
+
+
+def test_void_of_a_refused_settlement_is_409(shub, sims):
+    with shub.client(shub.token("insurer", "ZJ")) as c:
+        r = c.post("/settlement/settle", json=body("K-6", cert="330106198504120089", insuplc="310106", hospital=XIHU))
+        assert c.post(f"/settlement/{r.json()['setl_id']}/void").status_code == 409
+        assert c.post("/settlement/NOPE/void").status_code == 404
+
+
+def test_slow_platform_answers_202_then_settles_on_poll(shub, sims):
+    sims.set_faults("ZJ", latency_ms=1200)  # 1101 + 2207 > the 1.5 s wait
+    with shub.client(shub.token("insurer", "SH")) as c:
+        r = c.post("/settlement/settle", json=body("K-7"))
+        assert r.status_code == 202 and r.json()["status"] == "pending"
+        assert r.headers["Location"] == f"/settlement/{r.json()['setl_id']}"
+        assert c.get(r.headers["Location"]).status_code == 200
+        final = poll(c, r.json()["setl_id"])
+    assert final["status"] == "settled" and final["split"] == EXAMPLE_SPLIT
+    assert len(sims.settlements("ZJ", final["setl_id"])) == 1
+
+
+@pytest.mark.parametrize("fault,new_msgid", [("drop", False), ("504", False), ("503", True), ("reset", True)])
+def test_anhui_unknown_outcome_asks_5205_and_never_settles_twice(shub, sims, fault, new_msgid):
+    sims.set_faults("AH", next_faults=["slow", fault])  # the 1101 passes, the 2207 meets the fault
+    with shub.client(shub.token("insurer", "SH")) as c:
+        r = c.post("/settlement/settle", json=body("K-8", cert=LIUYANG, insuplc="340104", hospital=HUANGPU))
+        final = poll(c, r.json()["setl_id"])
+    assert final["status"] == "settled"
+    [entry] = sims.settlements("AH", final["setl_id"])
+    assert entry["commit_no"] == 1 and entry["insurer_setl_id"] == final["insurer_setl_id"]
+    sent = {m["msgid"] for m in sims.received("AH", "2207")}
+    assert len(sent) == (2 if new_msgid else 1)
+    assert len(sims.received("AH", "2207")) == len(sent)  # no msgid was sent twice on AH
+    assert sims.received("AH", "5205")
+
+
+def test_accum_conflict_recomputes_and_sends_a_new_message(shub, sims):
+    import asyncio
+    import threading
+    from datetime import datetime
+
+    from mappers.common import CST
+    from settlement.platform import PlatformClient
+
+    sims.set_faults("ZJ", next_faults=["slow"], slow_ms=800)  # the hub's 1101 answers late
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        r=shub.client(shub.token("insurer", "SH")).post("/settlement/settle", json=body("K-9"))))
+    worker.start()
+    time.sleep(0.4)  # the 1101 has been processed (version 17); another settlement lands first
+
+    async def elsewhere():
+        async with PlatformClient(sims.urls) as pc:
+            await pc.settle("330421", msgid=pc.next_msgid("H33042100015"), mdtrtarea_admvs="330421",
+                            fixmedins_code="H33042100015", psn_no="33000012345678", insutype="310",
+                            mdtrt_id="OTHER", setl_id="OTHER-1", setl_time=datetime.now(CST), accum_year=2024,
+                            accum_version=17, split=EXAMPLE_SPLIT)
+    asyncio.run(elsewhere())
+    worker.join(20)
+    answer = result["r"].json()
+    assert answer["status"] == "settled"
+    sent = sims.received("ZJ", "2207")
+    assert len({m["msgid"] for m in sent}) == 3  # ours refused ACCUM_CONFLICT, then a new one
+    assert row_of(shub.engine, answer["setl_id"])["conflicts"] == 1
+    assert len(sims.settlements("ZJ", answer["setl_id"])) == 1
+    assert sims.person("ZJ", LISI)["accum"][2024]["version"] == 19
+
+
+def test_two_hospitals_one_person_at_once(shub, sims):
+    from concurrent.futures import ThreadPoolExecutor
+
+    sims.set_latency(100)
+    calls = [("SH", body("K-10", hospital=QINGPU)), ("JS", body("K-10", hospital=WUJIANG))]
+    tokens = {p: shub.token("insurer", p) for p in ("SH", "JS")}
+
+    def go(call):
+        with shub.client(tokens[call[0]]) as c:
+            return c.post("/settlement/settle", json=call[1]).json()
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(go, calls))
+    assert [a["status"] for a in answers] == ["settled", "settled"]
+    person = sims.person("ZJ", LISI)
+    assert person["accum"][2024]["version"] == 19
+    from decimal import Decimal
+    assert person["accum"][2024]["fund_pay_accu"] == Decimal("3200.00") + 2 * Decimal("27.90")
+    assert person["insuinfo"][0]["balc"] == Decimal("1234.56") - 2 * Decimal("9.30")
+
+
+def test_duplicate_setl_id_is_taken_as_committed(shub, sims):
+    from sqlalchemy import update
+
+    from hub.db import writer
+    from settlement.models import Settlement
+    with shub.client(shub.token("insurer", "SH")) as c:
+        first = c.post("/settlement/settle", json=body("K-11")).json()
+        # As if the hub had lost the answer and the msgid: a new message for the same setl_id.
+        with writer(shub.engine).begin() as conn:
+            conn.execute(update(Settlement).where(Settlement.setl_id == first["setl_id"]).values(
+                state="sending", msgid="H31011800012202401010000009999", runner=None, run_until=0,
+                insurer_setl_id=None))
+        final = poll(c, first["setl_id"])
+    assert final == first
+    assert len(sims.settlements("ZJ", first["setl_id"])) == 1
+
+
+def test_gives_up_with_a_reversal_and_says_so(database_url, engine, db, sims):
+    from dataclasses import replace
+    hub, server = start_hub(database_url, engine, sims, replace(FAST, give_up=1.5))
+    try:
+        sims.set_faults("ZJ", next_faults=["slow"] + ["504"] * 12)  # 2207 processed, never answered
+        with hub.client(hub.token("insurer", "SH")) as c:
+            r = c.post("/settlement/settle", json=body("K-12"))
+            final = poll(c, r.json()["setl_id"], timeout=30)
+    finally:
+        stop_hub(server)
+    assert final["status"] == "refused" and final["refusal"]["code"] == "PLATFORM_UNAVAILABLE"
+    assert [e["status"] for e in sims.settlements("ZJ", final["setl_id"])] == ["voided"]
+    assert sims.received("ZJ", "2601")
+    assert sims.person("ZJ", LISI)["accum"][2024]["fund_pay_accu"] == 3200
+
+
+def test_restart_resumes_what_was_in_flight(database_url, engine, db, sims):
+    sims.set_faults("ZJ", maintenance=True, retry_after=1)
+    hub, server = start_hub(database_url, engine, sims)
+    with hub.client(hub.token("insurer", "SH")) as c:
+        r = c.post("/settlement/settle", json=body("K-13"))
+    assert r.status_code == 202
+    stop_hub(server)
+    assert row_of(engine, r.json()["setl_id"])["state"] == "received"
+    sims.clear_faults("ZJ")
+    hub2, server2 = start_hub(database_url, engine, sims)
+    try:
+        with hub2.client(hub2.token("insurer", "SH")) as c:
+            final = poll(c, r.json()["setl_id"])
+    finally:
+        stop_hub(server2)
+    assert final["status"] == "settled" and final["split"] == EXAMPLE_SPLIT
+    assert len(sims.settlements("ZJ", final["setl_id"])) == 1
