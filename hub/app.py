@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.responses import JSONResponse, Response
 
-from hub import errors, fhir_api, hl7_ingest, ingest, metrics, portal
+from hub import admin, errors, fhir_api, hl7_ingest, ingest, metrics, portal
 from settlement import api as settlement_api
 from settlement.platform import PlatformClient
 from hub.config import Settings, get_settings
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(hl7_ingest.router)
     app.include_router(ingest.router)
     app.include_router(settlement_api.router)
+    app.include_router(admin.router)
     app.include_router(portal.router)
     app.state.starters = [start_platform, hl7_ingest.start_mllp, settlement_api.start]
     _install_operating(app)
