@@ -15,9 +15,9 @@ def resident_id(n: int) -> str:
     return body + check_character(body)
 
 
-def visit(n: int, patient: int) -> dict:
+def visit(n: int, patient: int, day: str | None = None) -> dict:
     rid = resident_id(patient)
-    day = f"2024-{(n % 12) + 1:02d}-{(n % 28) + 1:02d}"
+    day = day or f"2024-{(n % 12) + 1:02d}-{(n % 28) + 1:02d}"
     return {
         "jzlsh": f"MZ{n:014d}", "jzlx": "1", "jzsj": f"{day} 09:{n % 60:02d}:00",
         "ksdm": "0301", "ksmc": "呼吸内科", "ysgh": f"D{n % 50:04d}", "ysxm": "王芳",
@@ -37,7 +37,8 @@ def visit(n: int, patient: int) -> dict:
     }
 
 
-def upload(hospital: str, start: int, count: int, patients: int) -> bytes:
+def upload(hospital: str, start: int, count: int, patients: int, day: str | None = None) -> bytes:
+    """Visits ``start``..``start+count`` of patients ``n % patients``; ``day`` pins the date."""
     doc = {"jgdm": hospital, "jgmc": "测试医院", "yydj": "2", "scsj": "2024-03-15 14:30:00",
-           "jzjl": [visit(n, n % patients) for n in range(start, start + count)]}
+           "jzjl": [visit(n, n % patients, day) for n in range(start, start + count)]}
     return json.dumps(doc, ensure_ascii=False).encode()

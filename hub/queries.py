@@ -87,13 +87,6 @@ def count_withheld(conn: Connection, res_type: str, params: list[tuple[str, str]
         *_criteria(res_type, params), not_(and_(*extra)))).scalar_one()
 
 
-def count_withheld_of_patient(conn: Connection, patient_id: str, extra: list) -> int:
-    if not extra:
-        return 0
-    return conn.execute(select(func.count()).select_from(R).where(
-        R.c.patient_id == patient_id, R.c.deleted.is_(False), not_(and_(*extra)))).scalar_one()
-
-
 def audit_page(conn: Connection, params: list[tuple[str, str]], count: int, offset: int) -> Page:
     """Audit rows, newest first, by ``patient``, ``date`` (with prefixes) and ``outcome``."""
     A = AuditRecord.__table__

@@ -33,7 +33,7 @@ from hub.errors import Unauthenticated
 from hub.portal.models import PortalSession
 from hub.store import patient_for_resident_id
 from mappers.common import InvalidValue, mask_resident_id, normalize_resident_id
-from settlement.platform import PlatformError, Refused
+from settlement.platform import HUB_PARTY, PlatformError, Refused, new_msgid
 
 COOKIE = "yrd_session"
 CSRF_COOKIE = "yrd_csrf"
@@ -88,11 +88,24 @@ async def sign_in(platform: Any, province: str, code: str) -> dict[str, Any]:
     if platform is None:
         raise SignInFailed(503, "医保平台暂时无法连接，请稍后再试。")
     try:
-        return await platform.person_info(province, "01", code)
+        return await _person_info(platform, province, code)
     except Refused as exc:
         raise SignInFailed(401, SIGN_IN_REFUSALS.get(exc.err_code, f"登录失败：{exc.err_msg or exc.err_code}")) from None
     except PlatformError:
         raise SignInFailed(503, f"{PROVINCES[province]}医保平台暂时无法连接，请稍后再试。") from None
+
+
+async def _person_info(platform: Any, province: str, code: str, tries: int = 3) -> dict[str, Any]:
+    """1101 by e-voucher. A read: when the platform says its msgid was already used (another hub
+    process, or a restart, in the same second), it is asked again under a new msgid."""
+    for attempt in range(tries):
+        msgid = None if attempt == 0 else new_msgid(HUB_PARTY, datetime.now(_UTC), secrets.randbelow(4000) + 1000)
+        try:
+            return await platform.person_info(province, "01", code, msgid=msgid)
+        except Refused as exc:
+            if exc.err_code != "MSGID_REUSED" or attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def open_session(engine: Engine, province: str, info: dict[str, Any], hours: int) -> tuple[str, PatientSession]:

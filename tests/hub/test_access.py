@@ -202,3 +202,31 @@ def test_audit_cannot_be_edited(world):
     for method in ("post", "put", "delete"):
         answer = getattr(world["admin"], method)("/fhir/AuditEvent")
         assert answer.status_code in (404, 405)
+
+
+def test_consent_rule_in_sql_and_in_python_agree(hub):
+    """``consent_conditions`` (SQL, for searches) and ``consent_allows`` (Python, for
+    $everything) are one rule written twice: check every combination against a real database."""
+    import itertools
+
+    from sqlalchemy import select
+    from hub.models import Resource
+    from hub.db import writer
+
+    R = Resource.__table__
+    provinces, categories = ["SH", "ZJ", None], [None, "mental", "hiv", "sti"]
+    now = datetime.now(timezone.utc)
+    with writer(hub.engine).begin() as conn:
+        conn.execute(R.insert(), [
+            {"res_type": "Condition", "res_id": f"{p}-{c}", "version": 1, "patient_id": "p",
+             "province": p, "sensitive": c, "deleted": False, "last_updated": now, "content": b"{}"}
+            for p, c in itertools.product(provinces, categories)])
+    for flags in itertools.product([True, False], repeat=4):
+        choices = SharingChoices(*flags)
+        for reader in ("SH", "ZJ"):
+            with hub.engine.connect() as conn:
+                sql = set(conn.execute(select(R.c.res_id).where(
+                    *access.consent_conditions(choices, reader))).scalars())
+            python = {f"{p}-{c}" for p, c in itertools.product(provinces, categories)
+                      if access.consent_allows(choices, reader, p, c)}
+            assert sql == python, (flags, reader)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 14:32:39.438544
+Create Date: 2026-11-25 14:36:53.878486
 """
 from alembic import op
 import sqlalchemy as sa
@@ -237,6 +237,7 @@ def upgrade() -> None:
     sa.Column('infno', sqlmodel.sql.sqltypes.AutoString(length=4), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
     sa.Column('msgid', sqlmodel.sql.sqltypes.AutoString(length=30), nullable=True),
+    sa.Column('delivery', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
     sa.Column('started_on', sa.Date(), nullable=False),
     sa.Column('deadline', sa.Date(), nullable=False),
     sa.Column('done_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
