@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from hub import admin, errors, fhir_api, hl7_ingest, ingest, metrics, portal
 from settlement import api as settlement_api
 from settlement.platform import PlatformClient
+from settlement.transfer import start_transfers
 from hub.config import Settings, get_settings
 from hub.db import get_engine
 from hub.migrate import upgrade
@@ -43,7 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(settlement_api.router)
     app.include_router(admin.router)
     app.include_router(portal.router)
-    app.state.starters = [start_platform, hl7_ingest.start_mllp, settlement_api.start]
+    app.state.starters = [start_platform, hl7_ingest.start_mllp, settlement_api.start,
+                          start_transfers]
     _install_operating(app)
     return app
 

@@ -11,6 +11,7 @@ hospital may send from loopback only.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from datetime import datetime, timezone
 
@@ -38,17 +39,26 @@ def _map_message(message: bytes, sender: str) -> sh.MessageResult:
     return sh.map_message(message, sender)
 
 
-def store_message(engine, sender: str, message: bytes, mapped: sh.MessageResult,
-                  content_type: str | None) -> bytes:
-    """Archive, store and remember one message in one transaction; returns its ACK."""
+def store_messages(engine, sender: str, items: list[tuple[bytes, sh.MessageResult]],
+                   content_type: str | None) -> list[bytes]:
+    """Archive, store and remember messages in one transaction; their ACKs, in order.
+
+    All or nothing: if the transaction fails no ACK is sent, the sender resends, and what a
+    repeat finds already stored answers as it did the first time.
+    """
     for attempt in range(5):
         try:
             with writer(engine).begin() as conn:
-                return _store_in(conn, sender, message, mapped, content_type)
+                return [_store_in(conn, sender, m, r, content_type) for m, r in items]
         except (IntegrityError, OperationalError):
             if attempt == 4:
                 raise
     raise AssertionError("unreachable")
+
+
+def store_message(engine, sender: str, message: bytes, mapped: sh.MessageResult,
+                  content_type: str | None) -> bytes:
+    return store_messages(engine, sender, [(message, mapped)], content_type)[0]
 
 
 def _store_in(conn, sender: str, message: bytes, mapped: sh.MessageResult,
@@ -88,8 +98,6 @@ async def handle_message(app, sender: str, message: bytes, content_type: str | N
 
 
 async def _map_off_loop(app, message: bytes, sender: str) -> sh.MessageResult:
-    import asyncio
-
     pool = ingest._pool(app)
     if pool is None:
         return await run_in_threadpool(_map_message, message, sender)
@@ -104,8 +112,10 @@ async def ingest_sh(request: Request, party: Party = Depends(bearer_party)) -> R
     messages = sh.split_messages(body)
     if not messages:
         raise BadRequest("empty body: no HL7 message")
-    acks = [await handle_message(request.app, sender, m, request.headers.get("content-type"))
-            for m in messages]
+    mapped = await asyncio.gather(*(_map_off_loop(request.app, m, sender) for m in messages))
+    acks = await run_in_threadpool(store_messages, request.app.state.engine, sender,
+                                   list(zip(messages, mapped)),
+                                   request.headers.get("content-type"))
     return Response(b"".join(acks), 200, media_type=ER7)
 
 

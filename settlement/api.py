@@ -1,17 +1,103 @@
 """The settlement endpoints (hub-interface.md, "Insurance platforms: settling outpatient bills").
 
-Placeholder router: the settlement service fills it in.
+- ``POST /settlement/presettle``: 200 computed / refused; 422; 503 ``PLATFORM_UNAVAILABLE``.
+- ``POST /settlement/settle``: 200 settled / refused / voided, 202 pending with ``Location``, 422,
+  409 ``REQUEST_KEY_REUSED``.
+- ``GET /settlement/{setl_id}``: 200 (pending too); ``POST /settlement/{setl_id}/void``: 200
+  voided or 202 pending; 409 ``NOT_SETTLED`` when there is nothing committed to void.
+- ``POST /settlement/reconcile`` and ``GET /settlement/clearing?month=`` (admin).
+
+Only the insurance platform of the hospital's province may call the first four (403 otherwise;
+an administrator may read one settlement). The work is ``settlement.service``'s; it calls the
+platforms through its own ``PlatformShards`` (same configuration as ``app.state.platform``, pools
+split for speed). Reconciliation uses ``app.state.platform``.
 """
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+from datetime import date
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from hub.auth import Party, bearer_party, require_admin
+from hub.errors import Unprocessable
+
+from . import clearing as clearing_mod
+from . import reconcile as reconcile_mod
+from .service import Options, PlatformShards, PlatformUnavailable, SettlementService
+
+router = APIRouter(prefix="/settlement")
+
+
+def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
+
+
+def _service(request: Request) -> SettlementService:
+    return request.app.state.settlement
+
+
+def _answer(status: int, body: dict) -> Response:
+    headers = {"Location": f"/settlement/{body['setl_id']}"} if status == 202 else None
+    return _json(body, status, headers)
+
+
+@router.post("/presettle")
+async def presettle(request: Request, party: Party = Depends(bearer_party)) -> Response:
+    return _json(await _service(request).presettle(party, await request.body()))
+
+
+@router.post("/settle")
+async def settle(request: Request, party: Party = Depends(bearer_party)) -> Response:
+    return _answer(*await _service(request).settle(party, await request.body()))
+
+
+@router.post("/reconcile")
+async def reconcile(request: Request, party: Party = Depends(bearer_party)) -> Response:
+    require_admin(party)
+    try:
+        day = date.fromisoformat(orjson.loads(await request.body())["date"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise Unprocessable('the body must be {"date": "YYYY-MM-DD"}', code="INVALID_DATE") from None
+    try:
+        result = await reconcile_mod.reconcile(request.app.state.engine, request.app.state.platform, day)
+    except reconcile_mod.ReconcileUnavailable as exc:
+        raise PlatformUnavailable(str(exc)) from None
+    return _json(result)
+
+
+@router.get("/clearing")
+async def clearing(request: Request, month: str = "", party: Party = Depends(bearer_party)) -> Response:
+    require_admin(party)
+    try:
+        return _json(clearing_mod.clearing(request.app.state.engine, month))
+    except ValueError as exc:
+        raise Unprocessable(str(exc), code="INVALID_MONTH") from None
+
+
+@router.get("/{setl_id}")
+async def get_settlement(setl_id: str, request: Request, party: Party = Depends(bearer_party)) -> Response:
+    return _json(await _service(request).get(party, setl_id))
+
+
+@router.post("/{setl_id}/void")
+async def void(setl_id: str, request: Request, party: Party = Depends(bearer_party)) -> Response:
+    return _answer(*await _service(request).void(party, setl_id))
 
 
 async def start(app):
-    """Lifespan starter: resume what was in flight. Returns the coroutine that stops it."""
+    """Lifespan starter: the service, resuming every settlement that was in flight. Options
+    come from ``app.state.settlement_options`` (tests) or ``YRDHUB_SETTLEMENT_*``."""
+    options = getattr(app.state, "settlement_options", None) or Options.from_env()
+    platform = PlatformShards(app.state.settings.insurer_urls())
+    service = SettlementService(app.state.engine, platform, options)
+    app.state.settlement = service
+    await service.start()
 
     async def stop():
-        return None
+        await service.stop()
+        await platform.aclose()
 
     return stop

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -82,3 +83,13 @@ def wait_final(client: httpx.Client, transfer_id: str, timeout: float = 30.0) ->
             return transfer
         assert time.monotonic() < deadline, transfer
         time.sleep(0.1)
+
+
+@contextmanager
+def session(url: str, person: tuple[str, str, str]):
+    """``sign_in`` as a context manager that closes the client."""
+    client = sign_in(url, person)
+    try:
+        yield client
+    finally:
+        client.close()

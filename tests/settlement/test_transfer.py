@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections import Counter
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime
 
 import pytest
 
@@ -19,7 +18,7 @@ from settlement.simulator import start_simulators
 from settlement.transfer import (TransferService, WorkCalendar, add_working_days, is_overdue, is_working_day,
                                  load_calendar, parse_calendar)
 from tests.portal_support import (CHEN, LISI, LIUYANG, QIANFANG_ZJ, SUNQIANG, WANGFANG, WUXIA, ZHANGWEI,
-                                  ZHAOMIN, ZHENGLEI, ZHOUJIE, sign_in, start_hub, wait_final)
+                                  ZHAOMIN, ZHENGLEI, ZHOUJIE, session, sign_in, start_hub, wait_final)
 
 CAL = load_calendar()
 D = date.fromisoformat
@@ -122,7 +121,7 @@ def apply(client, to_admdvs: str, insutype: str = "310") -> dict:
 
 
 def test_transfer_completes_each_step_once(portal, sims):
-    with sign_in(portal.url, LISI) as me:
+    with session(portal.url, LISI) as me:
         created = apply(me, "310118")
         assert created["status"] in ("submitted", "in_progress") and created["refusal"] is None
         done = wait_final(me, created["id"])
@@ -138,14 +137,14 @@ def test_transfer_completes_each_step_once(portal, sims):
 
 
 def test_no_balance_no_funds_step(portal, sims):
-    with sign_in(portal.url, WANGFANG) as me:
+    with session(portal.url, WANGFANG) as me:
         done = wait_final(me, apply(me, "340104", "390")["id"])
     assert done["status"] == "completed"
     assert [s["infno"] for s in done["steps"]] == ["4101", "4201"]
 
 
 def test_refusal_at_origin_ends_refused_with_reason(portal, sims):
-    with sign_in(portal.url, SUNQIANG) as me:
+    with session(portal.url, SUNQIANG) as me:
         done = wait_final(me, apply(me, "330421")["id"])
     assert done["status"] == "refused"
     assert done["refusal"]["code"] == "ARREARS" and "欠费" in done["refusal"]["message"]
@@ -154,7 +153,7 @@ def test_refusal_at_origin_ends_refused_with_reason(portal, sims):
 
 
 def test_refusal_at_destination_is_compensated(portal, sims):
-    with sign_in(portal.url, QIANFANG_ZJ) as me:  # also insured in Shanghai: DUPLICATE_COVERAGE
+    with session(portal.url, QIANFANG_ZJ) as me:  # also insured in Shanghai: DUPLICATE_COVERAGE
         done = wait_final(me, apply(me, "310106")["id"])
     assert done["status"] == "refused" and done["refusal"]["code"] == "DUPLICATE_COVERAGE"
     assert [(s["infno"], s["status"]) for s in done["steps"]] == [
@@ -166,7 +165,7 @@ def test_refusal_at_destination_is_compensated(portal, sims):
 
 def test_one_at_a_time_cancel_and_later_409(portal, sims):
     sims.set_faults("SH", maintenance=True, retry_after=1)  # the destination does not answer
-    with sign_in(portal.url, LISI) as me:
+    with session(portal.url, LISI) as me:
         first = apply(me, "310118")
         deadline = time.monotonic() + 20
         while me.get(f"/api/me/transfers/{first['id']}").json()["steps"][1]["status"] != "done":
@@ -192,25 +191,33 @@ def test_one_at_a_time_cancel_and_later_409(portal, sims):
     assert ledger_steps(sims, first["id"])[("SH", "transfer_in")] == 0
 
 
-def test_cancel_before_any_step_sends_nothing(database_url, db, sims):
-    sims.set_faults("ZJ", maintenance=True, retry_after=1)
-    hub = start_hub(database_url, sims, {"retry_base": 30, "retry_max": 30})
-    try:
-        with sign_in(hub.url, LISI) as me:
-            created = apply(me, "310118")
-            # With maintenance the 4101 was turned away (503: not processed), then cancelled.
-            done = me.post(f"/api/me/transfers/{created['id']}/cancel", json={}).json()
-            done = wait_final(me, created["id"]) if done["status"] != "cancelled" else done
-    finally:
-        hub.stop()
-    assert done["status"] in ("cancelled", "refused") or done
-    assert active(sims, "ZJ", LISI[2], "310")
-    assert ledger_steps(sims, created["id"]).get(("ZJ", "transfer_out"), 0) == \
-        ledger_steps(sims, created["id"]).get(("ZJ", "transfer_cancel"), 0)
+def test_cancel_before_anything_reached_the_origin_sends_nothing(engine, db, sims):
+    """The origin refuses connections (NotSent): the 4101 never left, so a cancel ends the
+    transfer at once, without a 4103, and with no steps."""
+    from hub.store import patient_for_resident_id
+    from settlement.platform import PlatformClient
+    from tests.conftest import free_port
+
+    async def scenario():
+        client = PlatformClient({**sims.urls, "ZJ": f"http://127.0.0.1:{free_port()}"}, attempts=1)
+        service = TransferService(engine, lambda: client, retry_base=30, retry_max=30)
+        pid = patient_for_resident_id(engine, LISI[2])
+        created = service.create(patient_id=pid, certno=LISI[2], psn_name="李四", from_admdvs="330421",
+                                 to_admdvs="310118", insutype="310")
+        await service.advance(created["id"])
+        tried = service.get(pid, created["id"])
+        cancelled = await service.cancel(pid, created["id"])
+        await client.aclose()
+        return tried, cancelled
+
+    tried, cancelled = asyncio.run(scenario())
+    assert tried["status"] == "in_progress" and tried["steps"][0]["attempts"] == 1
+    assert cancelled["status"] == "cancelled" and cancelled["steps"] == []
+    assert sims.received("ZJ") == [] and active(sims, "ZJ", LISI[2], "310")
 
 
 def test_another_persons_transfer_is_404(portal, sims):
-    with sign_in(portal.url, LISI) as lisi, sign_in(portal.url, CHEN) as chen:
+    with session(portal.url, LISI) as lisi, session(portal.url, CHEN) as chen:
         mine = apply(lisi, "310118")
         assert chen.get(f"/api/me/transfers/{mine['id']}").status_code == 404
         assert chen.post(f"/api/me/transfers/{mine['id']}/cancel", json={}).status_code == 404
@@ -220,7 +227,7 @@ def test_another_persons_transfer_is_404(portal, sims):
 
 
 def test_bad_requests_say_why(portal):
-    with sign_in(portal.url, LISI) as me:
+    with session(portal.url, LISI) as me:
         for body, code in [({"to_admdvs": "310118", "insutype": "999"}, "BAD_INSUTYPE"),
                            ({"to_admdvs": "31011", "insutype": "310"}, "BAD_PLACE"),
                            ({"to_admdvs": "310000", "insutype": "310"}, "BAD_PLACE"),
@@ -235,9 +242,9 @@ def test_bad_requests_say_why(portal):
 def test_hub_restart_between_steps_resumes(database_url, db, sims):
     """4101 processed but every answer dropped, the hub stops; a new hub resends (first answer
     returned), then 4102 and 4201 run: each step once on the ledgers."""
-    sims.set_faults("ZJ", drop_answer_rate=1.0)
     hub = start_hub(database_url, sims)
-    with sign_in(hub.url, LISI) as me:
+    with session(hub.url, LISI) as me:
+        sims.set_faults("ZJ", drop_answer_rate=1.0)
         created = apply(me, "310118")
         deadline = time.monotonic() + 20
         while len(sims.received("ZJ", "4101")) < 3:
@@ -249,7 +256,7 @@ def test_hub_restart_between_steps_resumes(database_url, db, sims):
     assert ledger_steps(sims, created["id"]) == {("ZJ", "transfer_out"): 1}
     hub = start_hub(database_url, sims)
     try:
-        with sign_in(hub.url, LISI) as me:
+        with session(hub.url, LISI) as me:
             done = wait_final(me, created["id"])
     finally:
         hub.stop()
@@ -263,7 +270,6 @@ CAST = [(LISI, "310118", "310"), (ZHANGWEI, "330106", "310"), (CHEN, "340104", "
         (LIUYANG, "320509", "310"), (ZHOUJIE, "330421", "310"), (WUXIA, "310104", "390"),
         (QIANFANG_ZJ, "310106", "310"), (SUNQIANG, "320106", "310"), (ZHAOMIN, "330106", "310"),
         (ZHENGLEI, "310118", "310"), (WANGFANG, "340103", "390")]
-ORIGIN = {"SH": "SH", "JS": "JS", "ZJ": "ZJ", "AH": "AH"}
 PROVINCE_OF = {"31": "SH", "32": "JS", "33": "ZJ", "34": "AH"}
 
 
@@ -274,16 +280,18 @@ def coverage_state(sims, person, to_admdvs, insutype):
 def test_faults_and_restart_every_transfer_ends_and_nobody_is_lost(database_url, db, sims):
     before = {p[2]: coverage_state(sims, p, to, it) for p, to, it in CAST}
     faults = dict(reset_rate=0.2, drop_answer_rate=0.2, fail_503_rate=0.15, non_json_rate=0.1)
-    for i, province in enumerate(("SH", "JS", "ZJ", "AH")):
+    for i, province in enumerate(("SH", "JS", "ZJ")):
         sims.set_faults(province, seed=i, **faults)
     hub = start_hub(database_url, sims)
-    clients, ids = [], {}
-    for person, to, insutype in CAST:
-        client = sign_in_retrying(hub.url, person)
-        clients.append(client)
+    ids = {}
+    clients = [sign_in_retrying(hub.url, person) for person, _, _ in CAST]
+    sims.set_faults("AH", maintenance=True, retry_after=1)  # Anhui's steps wait past the restart
+    for client, (person, to, insutype) in zip(clients, CAST):
         ids[person[2]] = apply(client, to, insutype)["id"]
-    time.sleep(1.0)
+    time.sleep(0.5)
     hub.stop()  # mid-flight: some transfers are between steps, some steps in doubt
+    unfinished = unfinished_transfers(database_url)
+    assert unfinished >= 4  # the restart really falls between steps
     for c in clients:
         c.close()
     hub = start_hub(database_url, sims)
@@ -292,7 +300,7 @@ def test_faults_and_restart_every_transfer_ends_and_nobody_is_lost(database_url,
         sims.clear_faults()
         finals = {}
         for person, to, insutype in CAST:
-            with sign_in(hub.url, person) as me:
+            with session(hub.url, person) as me:
                 finals[person[2]] = wait_final(me, ids[person[2]], timeout=40)
     finally:
         hub.stop()
@@ -307,6 +315,17 @@ def test_faults_and_restart_every_transfer_ends_and_nobody_is_lost(database_url,
             assert (origin, destination) == before[person[2]], transfer  # as it was: nobody lost
     statuses = Counter(t["status"] for t in finals.values())
     assert statuses["completed"] >= 6 and statuses["refused"] >= 4, statuses
+
+
+def unfinished_transfers(database_url) -> int:
+    from sqlalchemy import func, select
+
+    from hub.db import get_engine
+    from settlement.transfer_models import Transfer
+
+    with get_engine(database_url).connect() as conn:
+        return conn.execute(select(func.count()).select_from(Transfer)
+                            .where(Transfer.status.not_in(("completed", "refused", "cancelled")))).scalar()
 
 
 def sign_in_retrying(url, person, attempts: int = 8):
@@ -339,7 +358,7 @@ def test_deadlines_tracked_and_overdue_flagged(engine, db, sims):
     clock = Clock(datetime(2026, 9, 28, 10, 0, tzinfo=CST))
 
     async def scenario():
-        client = PlatformClient(sims.urls)
+        client = PlatformClient(sims.urls, attempts=1)
         service = TransferService(engine, lambda: client, clock=clock, retry_base=0.05, retry_max=0.1)
         pid = patient_for_resident_id(engine, LISI[2])
         sims.set_faults("ZJ", maintenance=True, retry_after=1)
@@ -347,7 +366,7 @@ def test_deadlines_tracked_and_overdue_flagged(engine, db, sims):
                                  to_admdvs="310118", insutype="310")
         await service.advance(created["id"])
         waiting = service.get(pid, created["id"])
-        clock.when = datetime(2026, 10, 17, 9, 0, tzinfo=CST)  # past the origin's 10 working days
+        clock.when = datetime(2026, 10, 20, 9, 0, tzinfo=CST)  # past the origin's 10 working days
         late = service.get(pid, created["id"])
         sims.clear_faults()
         await service.advance(created["id"])
@@ -363,5 +382,5 @@ def test_deadlines_tracked_and_overdue_flagged(engine, db, sims):
     assert done["status"] == "completed"
     steps = {s["infno"]: s for s in done["steps"]}
     assert steps["4101"]["overdue"] and steps["4102"]["overdue"]  # done after their deadline
-    assert steps["4201"]["deadline"] == "2026-10-23"  # received 17 Oct (Sat) + 5 working days
+    assert steps["4201"]["deadline"] == "2026-10-27"  # received Tue 20 Oct + 5 working days
     assert not steps["4201"]["overdue"]

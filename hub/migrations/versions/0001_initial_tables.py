@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 14:36:53.878486
+Create Date: 2026-11-25 14:46:43.584786
 """
 from alembic import op
 import sqlalchemy as sa

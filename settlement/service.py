@@ -1,0 +1,736 @@
+"""The settlement service: a durable state machine per settlement, exactly once on every platform.
+
+A ``POST /settlement/settle`` is written down (committed, ``state=received``) before any platform
+call; every later step is committed before the call it prepares. A settlement is driven by one
+runner at a time (a lease on its row, renewed by every write); on start, and every few seconds,
+the service resumes every non-final settlement whose runner lease has lapsed (a crashed or
+killed hub).
+
+States (``settlement.state``); the caller sees ``STATUS_OF_STATE``::
+
+    received --1101, compute--> sending(msgid M) --2207 ok / DUPLICATE_SETL_ID--> settled
+       |  \\-- refusal (NOT_FILED, PERSON_NOT_FOUND, ...) --> refused       (final)
+       |   \\-- request breaks the rules (INSUPLC_MISMATCH) --> invalid     (final, 422)
+       \\-- deadline passed, nothing ever sent --> refused PLATFORM_UNAVAILABLE
+    sending --ACCUM_CONFLICT / INSUFFICIENT_BALANCE--> 1101, recompute, new msgid --> sending
+    sending --unknown outcome--> SH/JS/ZJ: resend M later (the platform deduplicates M)
+                                 AH: 5205(M) first: processed -> its answer; not -> new msgid
+    sending --deadline passed, outcome still unknown--> reversing --2601 every msgid--> reversed
+    settled --POST void--> voiding --2208--> voided
+
+Exactly once rests on two facts of the contract: a platform commits a ``setl_id`` at most once
+for a *new* message (``DUPLICATE_SETL_ID`` otherwise, which the hub takes as committed), and only
+a repeat of an already processed msgid on AH commits twice; so the hub never sends an AH 2207
+msgid twice without a 5205 in between (``fresh`` below), and gives every 2207 a msgid that no
+other message ever had (``settlement_msgid``).
+
+Two settlements of one person: a per-person lease (``settlement_person_lease``, plus an
+in-process ``asyncio.Lock``) is held from reading the totals to learning the 2207's outcome; a
+waiter re-reads the totals. Where the lease lapses (another process, a slow platform), the
+platform's ``accum_version`` check (``ACCUM_CONFLICT``) still keeps the totals right.
+
+    SettlementError
+    └── RunnerLost      another runner took this settlement over (its lease lapsed): stop driving
+    hub.errors.HubError
+    └── PlatformUnavailable   503 PLATFORM_UNAVAILABLE (a presettle or reconcile without answer)
+
+No log line holds a resident ID number: the request body stays in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from hub.auth import Party
+from hub.db import is_sqlite, writer
+from hub.errors import Conflict, Forbidden, HubError, NotFound, Unprocessable
+from mappers.common import CST
+
+from .models import Settlement, SettlementMsgid, SettlementPersonLease
+from .platform import (PlatformClient, PlatformError, OutcomeUnknown, Refused, SPLIT_FIELDS, fmt_time,
+                       new_msgid, scrub)
+from .reference import default_reference, province_of
+from .rules import (PersonInfo, PersonInfoInvalid, Refusal, RequestInvalid, SettleRequest, compute_split,
+                    select_coverage, validate_request)
+
+log = logging.getLogger(__name__)
+
+T = Settlement.__table__
+LEASE = SettlementPersonLease.__table__
+MSGIDS = SettlementMsgid.__table__
+
+FINAL = frozenset({"settled", "refused", "invalid", "reversed", "voided"})
+STATUS_OF_STATE = {"received": "pending", "sending": "pending", "reversing": "pending", "voiding": "pending",
+                   "settled": "settled", "refused": "refused", "invalid": "refused", "reversed": "refused",
+                   "voided": "voided"}
+# Refusals after which the totals moved: re-read them (1101), recompute, send a new message.
+RECOMPUTE = frozenset({"ACCUM_CONFLICT", "INSUFFICIENT_BALANCE", "MSGID_REUSED", "MSG_REVERSED"})
+UNAVAILABLE = {"code": "PLATFORM_UNAVAILABLE",
+               "message": "参保地平台在时限内未能确认结算，本次结算未扣费（已冲正），请全额垫付或稍后重新结算"}
+
+
+class SettlementError(Exception):
+    """A failure inside the service (never shown to a caller as it is)."""
+
+
+class RunnerLost(SettlementError):
+    """Another runner took this settlement over (ours lapsed): stop driving it."""
+
+
+class PlatformUnavailable(HubError):
+    status, code = 503, "PLATFORM_UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class Options:
+    """The service's knobs (``YRDHUB_SETTLEMENT_*`` environment variables).
+
+    ``wait``: seconds a settle or void call waits before answering 202 pending. ``give_up``:
+    seconds after which an unknown outcome is reversed (2601) and a never-sent one refused.
+    ``runner_lease`` / ``person_lease``: lease lengths. ``sweep``: seconds between resume sweeps.
+    ``retry_min`` / ``retry_max``: backoff bounds between attempts; ``max_conflicts``: recomputes
+    in a row before backing off.
+    """
+
+    wait: float = 5.0
+    give_up: float = 300.0
+    runner_lease: float = 15.0
+    person_lease: float = 30.0
+    sweep: float = 2.0
+    retry_min: float = 0.2
+    retry_max: float = 10.0
+    max_conflicts: int = 20
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Options:
+        values = {}
+        for name, default in cls.__dataclass_fields__.items():
+            raw = environ.get(f"YRDHUB_SETTLEMENT_{name.upper()}")
+            if raw:
+                values[name] = int(float(raw)) if isinstance(default.default, int) else float(raw)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Computed:
+    """The person (1101) and the split computed on its totals."""
+
+    person: PersonInfo
+    split: Any
+
+
+def digest(raw: Mapping[str, Any]) -> str:
+    """SHA-256 of the body as canonical JSON (keys sorted): the same body, whitespace aside."""
+    return hashlib.sha256(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------------
+# The database side (synchronous; called through asyncio.to_thread)
+# ---------------------------------------------------------------------------------------------
+
+
+class _Serialized:
+    """``engine.begin()`` one thread at a time: SQLite has one writer, and threads that meet on
+    its lock wait in the busy handler's sleeps (1..100 ms); queueing on a Python lock instead
+    costs nothing. Other processes still meet on the database lock (busy_timeout)."""
+
+    def __init__(self, engine):
+        self.engine, self.lock = engine, threading.Lock()
+
+    @contextmanager
+    def begin(self):
+        with self.lock, self.engine.begin() as conn:
+            yield conn
+
+
+class Store:
+    """Every read and write of the settlement tables. Writes are conditional on the runner: a
+    write by a runner that lost its lease raises RunnerLost and changes nothing."""
+
+    def __init__(self, engine, runner_lease: float):
+        self.engine, self.lease = engine, runner_lease
+        self.w = _Serialized(writer(engine)) if is_sqlite(engine) else writer(engine)
+
+    def get(self, setl_id: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(T).where(T.c.setl_id == setl_id)).first()
+        return dict(row._mapping) if row else None
+
+    def insert_or_get(self, values: dict) -> tuple[dict, bool]:
+        """Insert a new settlement, or return the one of the same hospital + request_key."""
+        where = (T.c.fixmedins_code == values["fixmedins_code"]) & (T.c.request_key == values["request_key"])
+        try:
+            with self.w.begin() as conn:
+                row = conn.execute(select(T).where(where)).first()
+                if row is not None:
+                    return dict(row._mapping), False
+                conn.execute(insert(T).values(**values))
+                return values, True
+        except IntegrityError:  # PostgreSQL: a concurrent insert of the same key won
+            with self.engine.connect() as conn:
+                return dict(conn.execute(select(T).where(where)).one()._mapping), False
+
+    def claim(self, setl_id: str, runner: str) -> dict | None:
+        """Take or renew the runner lease; None when final or driven by another runner."""
+        now = time.time()
+        with self.w.begin() as conn:
+            done = conn.execute(update(T).where(
+                T.c.setl_id == setl_id, T.c.state.not_in(FINAL),
+                or_(T.c.runner.is_(None), T.c.runner == runner, T.c.run_until < now),
+            ).values(runner=runner, run_until=now + self.lease))
+            if done.rowcount != 1:
+                return None
+            return dict(conn.execute(select(T).where(T.c.setl_id == setl_id)).one()._mapping)
+
+    def write(self, row: dict, values: dict, *, release_person: bool = False, msgid: str | None = None) -> dict:
+        """Update the settlement (only if ``row['runner']`` still drives it); optionally record
+        a new 2207 msgid (IntegrityError when another process used it) and release the person."""
+        now = time.time()
+        values = {**values, "updated_at": utcnow(), "run_until": now + self.lease}
+        with self.w.begin() as conn:
+            if msgid is not None:
+                conn.execute(insert(MSGIDS).values(msgid=msgid, setl_id=row["setl_id"]))
+            done = conn.execute(update(T).where(T.c.setl_id == row["setl_id"], T.c.runner == row["runner"])
+                                .values(**values))
+            if done.rowcount != 1:
+                raise RunnerLost(row["setl_id"])
+            if release_person:
+                conn.execute(delete(LEASE).where(LEASE.c.holder == row["setl_id"]))
+        return {**row, **values}
+
+    def take_person(self, key: str, holder: str, ttl: float) -> bool:
+        """The person lease for ``holder``: free, lapsed or already its own -> True."""
+        now = time.time()
+        try:
+            with self.w.begin() as conn:
+                done = conn.execute(update(LEASE).where(
+                    LEASE.c.person_key == key, or_(LEASE.c.holder == holder, LEASE.c.until < now),
+                ).values(holder=holder, until=now + ttl))
+                if done.rowcount == 1:
+                    return True
+                if conn.execute(select(LEASE.c.holder).where(LEASE.c.person_key == key)).first():
+                    return False
+                conn.execute(insert(LEASE).values(person_key=key, holder=holder, until=now + ttl))
+                return True
+        except IntegrityError:
+            return False
+
+    def release_person(self, holder: str) -> None:
+        with self.w.begin() as conn:
+            conn.execute(delete(LEASE).where(LEASE.c.holder == holder))
+
+    def due(self, runner: str, exclude: set[str], limit: int = 1000) -> list[str]:
+        """Non-final settlements nobody drives (lease lapsed or this runner's)."""
+        now = time.time()
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(T.c.setl_id).where(
+                T.c.state.not_in(FINAL), or_(T.c.runner.is_(None), T.c.runner == runner, T.c.run_until < now),
+            ).order_by(T.c.next_at).limit(limit)).all()
+        return [r.setl_id for r in rows if r.setl_id not in exclude]
+
+
+class PlatformShards:
+    """Several PlatformClients used in turn, each with a small connection pool: httpcore scans
+    every pooled connection (a poll() each) at every request, so one pool of 200 connections
+    costs more CPU than the rest of a settlement. Same methods as PlatformClient."""
+
+    def __init__(self, urls: Mapping[str, str], shards: int = 8, per_shard: int = 32):
+        self.clients = [PlatformClient(urls, max_connections=per_shard) for _ in range(shards)]
+        self._turn = 0
+
+    def __getattr__(self, name: str) -> Any:
+        self._turn = (self._turn + 1) % len(self.clients)
+        return getattr(self.clients[self._turn], name)
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+# The service
+# ---------------------------------------------------------------------------------------------
+
+
+def view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The hub-interface answer of a settlement."""
+    refusal = orjson.loads(row["refusal"]) if row.get("refusal") else None
+    return {"setl_id": row["setl_id"], "status": STATUS_OF_STATE[row["state"]],
+            "insurer_setl_id": row.get("insurer_setl_id"),
+            "split": orjson.loads(row["split"]) if row.get("split") else None, "refusal": refusal}
+
+
+def check_platform(party: Party, province: str, *, admin_too: bool = False) -> None:
+    """Only the treatment province's platform (and, for reads, an administrator): else 403."""
+    if admin_too and party.kind == "admin":
+        return
+    if party.kind != "insurer" or party.code != province:
+        raise Forbidden("only the insurance platform of the hospital's province may do this")
+
+
+def parse_body(body: bytes, reference) -> tuple[dict, SettleRequest, Any]:
+    """(raw JSON, request, hospital); Unprocessable (422, the rules' code) when invalid."""
+    try:
+        raw = orjson.loads(body)
+        request = SettleRequest.from_json(raw)
+        hospital = validate_request(request, reference)
+    except orjson.JSONDecodeError:
+        raise Unprocessable("the body is not JSON", code="INVALID_BODY") from None
+    except RequestInvalid as exc:
+        raise Unprocessable(str(exc), code=exc.code) from None
+    return raw, request, hospital
+
+
+class SettlementService:
+    """Presettle, settle, read, void; drives each settlement to a final state in the background.
+
+    ``engine``: the hub's database; ``platform``: the shared PlatformClient; ``options``: see
+    Options. ``start()`` resumes what was in flight and sweeps for lapsed runners; ``stop()``
+    cancels the drivers (their settlements stay in the database and resume on the next start).
+    """
+
+    def __init__(self, engine, platform: PlatformClient, options: Options | None = None, reference=None):
+        self.options = options or Options()
+        self.store = Store(engine, self.options.runner_lease)
+        self.platform = platform
+        self.reference = reference or default_reference()
+        self.runner = uuid.uuid4().hex[:16]
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.person_locks: dict[str, asyncio.Lock] = {}
+        self._seq = random.randrange(10000)  # a per-process offset: fewer clashes across processes
+        self._sweeper: asyncio.Task | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.sweep()
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._sweeper, *self.tasks.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def sweep(self) -> int:
+        """Start a driver for every non-final settlement nobody drives; returns how many."""
+        due = await asyncio.to_thread(self.store.due, self.runner, set(self.tasks))
+        for setl_id in due:
+            self.spawn(setl_id)
+        return len(due)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.sweep)
+            try:
+                await self.sweep()
+            except Exception:  # a database hiccup: try again next time
+                log.exception("settlement sweep failed")
+
+    def spawn(self, setl_id: str) -> asyncio.Task:
+        task = self.tasks.get(setl_id)
+        if task is None or task.done():
+            task = asyncio.create_task(self._drive(setl_id))
+            self.tasks[setl_id] = task
+            task.add_done_callback(lambda t, s=setl_id: self.tasks.get(s) is t and self.tasks.pop(s))
+        return task
+
+    # -- the calls of the interface -------------------------------------------------------------
+
+    async def presettle(self, party: Party, body: bytes) -> dict:
+        """Compute the split; commits nothing. 422 invalid, 503 when the platform cannot answer."""
+        _raw, request, hospital = parse_body(body, self.reference)
+        check_platform(party, hospital.province)
+        try:
+            person = await self._person_info(request)
+        except Refused as exc:
+            return {"setl_id": None, "status": "refused", "insurer_setl_id": None, "split": None,
+                    "refusal": {"code": exc.err_code, "message": exc.err_msg}}
+        except (PlatformError, PersonInfoInvalid) as exc:
+            raise PlatformUnavailable(f"the insured place's platform cannot be reached: {type(exc).__name__}") from None
+        outcome = self._compute(request, person)
+        if isinstance(outcome, RequestInvalid):
+            raise Unprocessable(str(outcome), code=outcome.code)
+        if isinstance(outcome, PersonInfoInvalid):
+            raise PlatformUnavailable("the insured place's platform gave an unusable answer")
+        if isinstance(outcome, Refusal):
+            return {"setl_id": None, "status": "refused", "insurer_setl_id": None, "split": None,
+                    "refusal": outcome.as_json()}
+        return {"setl_id": None, "status": "computed", "insurer_setl_id": None, "split": outcome.as_json(),
+                "refusal": None}
+
+    async def settle(self, party: Party, body: bytes) -> tuple[int, dict]:
+        """Record the request, drive it, answer within ``options.wait``: (HTTP status, body).
+
+        The same hospital + request_key answers the first settlement (409 with another body).
+        """
+        raw, request, hospital = parse_body(body, self.reference)
+        check_platform(party, hospital.province)
+        row, created = await asyncio.to_thread(self.store.insert_or_get, self._new_row(raw, request, hospital))
+        if not created and row["body_digest"] != digest(raw):
+            raise Conflict("this request_key was used with another body", code="REQUEST_KEY_REUSED")
+        return await self._answer_after(row, self.options.wait)
+
+    async def get(self, party: Party, setl_id: str) -> dict:
+        row = await self._row(setl_id)
+        check_platform(party, row["mdtrtarea"], admin_too=True)
+        return view(row)
+
+    async def void(self, party: Party, setl_id: str) -> tuple[int, dict]:
+        """Void a settled settlement (2208). Voided already: its answer again. Not settled: 409."""
+        row = await self._row(setl_id)
+        check_platform(party, row["mdtrtarea"])
+        if row["state"] == "settled":
+            await asyncio.to_thread(self._request_void, row)
+            row = await self._row(setl_id)
+        elif row["state"] not in ("voiding", "voided"):
+            raise Conflict(f"settlement {setl_id} is {STATUS_OF_STATE[row['state']]}, not settled",
+                           code="NOT_SETTLED")
+        return await self._answer_after(row, self.options.wait)
+
+    # -- helpers of the calls -------------------------------------------------------------------
+
+    async def _row(self, setl_id: str) -> dict:
+        row = await asyncio.to_thread(self.store.get, setl_id)
+        if row is None:
+            raise NotFound(f"no settlement {setl_id}")
+        return row
+
+    def _new_row(self, raw: dict, request: SettleRequest, hospital) -> dict:
+        now = utcnow()
+        return {"setl_id": "YS" + uuid.uuid4().hex[:24].upper(), "fixmedins_code": request.fixmedins_code,
+                "request_key": request.request_key, "body_digest": digest(raw),
+                "body": orjson.dumps(raw).decode(), "state": "received", "mdtrtarea_admvs": hospital.admdvs,
+                "mdtrtarea": hospital.province, "insuplc_admdvs": request.insuplc_admdvs,
+                "insuplc": province_of(request.insuplc_admdvs), "insutype": request.insutype,
+                "mdtrt_id": request.mdtrt_id, "msgids": "[]", "attempts": 0, "conflicts": 0, "next_at": 0.0,
+                "deadline": time.time() + self.options.give_up, "runner": self.runner,
+                "run_until": time.time() + self.options.runner_lease, "created_at": now, "updated_at": now}
+
+    def _request_void(self, row: dict) -> None:
+        """Mark a settled settlement ``voiding`` (whoever drives it next sends the 2208)."""
+        with self.store.w.begin() as conn:
+            conn.execute(update(T).where(T.c.setl_id == row["setl_id"], T.c.state == "settled").values(
+                state="voiding", void_msgid=self._msgid(row["fixmedins_code"]), next_at=0.0, attempts=0,
+                runner=None, run_until=0.0, updated_at=utcnow()))
+
+    async def _answer_after(self, row: dict, wait: float) -> tuple[int, dict]:
+        if row["state"] not in FINAL:
+            task = self.spawn(row["setl_id"])
+            await asyncio.wait({task}, timeout=wait)
+            row = await asyncio.to_thread(self.store.get, row["setl_id"])
+        if row["state"] == "invalid":
+            refusal = orjson.loads(row["refusal"])
+            raise Unprocessable(refusal["message"], code=refusal["code"])
+        answer = view(row)
+        return (202 if answer["status"] == "pending" else 200), answer
+
+    def _msgid(self, party: str) -> str:
+        self._seq = (self._seq + 1) % 10000
+        return new_msgid(party, datetime.now(CST), self._seq)
+
+    # -- platform reads and the rules -----------------------------------------------------------
+
+    async def _person_info(self, request: SettleRequest) -> PersonInfo:
+        """1101 for the visit's year; PersonInfoInvalid when the answer is unusable. A
+        MSGID_REUSED (another process picked the same msgid) is retried under a new one."""
+        for _ in range(3):
+            try:
+                output = await self.platform.person_info(
+                    request.insuplc_admdvs, request.mdtrt_cert_type, request.mdtrt_cert_no,
+                    year=request.visit_date.year, msgid=self._msgid(request.fixmedins_code),
+                    mdtrtarea_admvs=self._hospital_area(request), fixmedins_code=request.fixmedins_code)
+                return PersonInfo.from_json(output)
+            except Refused as exc:
+                if exc.err_code != "MSGID_REUSED":
+                    raise
+        raise OutcomeUnknown("1101: msgid clashes")
+
+    def _hospital_area(self, request: SettleRequest) -> str:
+        return self.reference.hospital(request.fixmedins_code).admdvs
+
+    def _compute(self, request: SettleRequest, person: PersonInfo):
+        """Split, Refusal, or (returned, not raised) the RequestInvalid of a 422 or the
+        PersonInfoInvalid of an unusable 1101 answer (totals of another year)."""
+        try:
+            return compute_split(request, person, self.reference)
+        except (RequestInvalid, PersonInfoInvalid) as exc:
+            return exc
+
+    @staticmethod
+    def _request(row: Mapping[str, Any]) -> SettleRequest:
+        return SettleRequest.from_json(orjson.loads(row["body"]))
+
+    # -- the driver -----------------------------------------------------------------------------
+
+    async def _drive(self, setl_id: str) -> None:
+        """Drive one settlement until it is final or another runner takes it."""
+        try:
+            fresh = False
+            row = await asyncio.to_thread(self.store.claim, setl_id, self.runner)
+            while row is not None and row["state"] not in FINAL:
+                delay = row["next_at"] - time.time()
+                if delay > 0:
+                    await asyncio.sleep(min(delay, self.options.runner_lease / 3))
+                    row = await asyncio.to_thread(self.store.claim, setl_id, self.runner)
+                    continue
+                if row["run_until"] - time.time() < self.options.runner_lease / 2:
+                    row = await asyncio.to_thread(self.store.claim, setl_id, self.runner)
+                    continue
+                step = {"received": self._step_received, "sending": self._step_sending,
+                        "reversing": self._step_reversing, "voiding": self._step_voiding}[row["state"]]
+                row, fresh = await step(row, fresh)
+        except RunnerLost:
+            log.info("settlement %s: taken over by another runner", setl_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("settlement %s: driver failed; the sweep resumes it", setl_id)
+
+    async def _write(self, row: dict, values: dict, **kw: Any) -> dict:
+        return await asyncio.to_thread(self.store.write, row, values, **kw)
+
+    async def _finish(self, row: dict, state: str, **values: Any) -> tuple[dict, bool]:
+        values = {"state": state, "finished_at": utcnow(), "next_at": 0.0, **values}
+        for name in ("split", "refusal"):
+            if isinstance(values.get(name), dict):
+                values[name] = orjson.dumps(values[name]).decode()
+        row = await self._write(row, values, release_person=True)
+        log.info("settlement %s: %s", row["setl_id"], state)
+        return row, False
+
+    async def _retry(self, row: dict, exc: BaseException, **values: Any) -> tuple[dict, bool]:
+        """Try again later (backoff, or the platform's Retry-After); frees the person."""
+        attempts = row["attempts"] + 1
+        delay = min(self.options.retry_max, self.options.retry_min * 2 ** min(attempts, 10))
+        delay = max(delay, min(getattr(exc, "retry_after", None) or 0.0, 60.0)) * random.uniform(0.8, 1.2)
+        log.warning("settlement %s (%s): %s, again in %.1fs", row["setl_id"], row["state"], type(exc).__name__, delay)
+        row = await self._write(row, {"attempts": attempts, "next_at": time.time() + delay,
+                                      "last_error": scrub(str(exc))[:200], **values}, release_person=True)
+        return row, False
+
+    @asynccontextmanager
+    async def _person(self, row: Mapping[str, Any], psn_no: str):
+        """Hold the person (in-process lock, then the database lease); yields whether it had
+        to wait for someone (the totals may have moved). On an exception the lease is freed."""
+        key = f"{row['insuplc']}:{psn_no}"
+        lock = self.person_locks.setdefault(key, asyncio.Lock())
+        waited = lock.locked()
+        async with lock:
+            try:
+                while not await asyncio.to_thread(self.store.take_person, key, row["setl_id"],
+                                                  self.options.person_lease):
+                    waited = True
+                    await asyncio.sleep(0.05)
+                yield waited
+            except BaseException:
+                await asyncio.shield(asyncio.to_thread(self.store.release_person, row["setl_id"]))
+                raise
+            finally:
+                if not lock._waiters:  # noqa: SLF001 - forget idle persons
+                    self.person_locks.pop(key, None)
+
+    # -- step: received -------------------------------------------------------------------------
+
+    async def _step_received(self, row: dict, fresh: bool) -> tuple[dict, bool]:
+        """1101, compute, then (holding the person) record the 2207 and send it."""
+        if time.time() > row["deadline"]:
+            return await self._finish(row, "refused", refusal=UNAVAILABLE)
+        request = self._request(row)
+        outcome = await self._read_and_compute(row, request)
+        if not isinstance(outcome, Computed):
+            return outcome
+        async with self._person(row, outcome.person.psn_no) as waited:
+            if waited:  # someone settled this person meanwhile: their totals moved
+                outcome = await self._read_and_compute(row, request)
+                if not isinstance(outcome, Computed):
+                    return outcome
+            row = await self._new_message(row, outcome.person, outcome.split)
+            return await self._send_loop(row, fresh=True)
+
+    async def _read_and_compute(self, row: dict, request: SettleRequest) -> Computed | tuple[dict, bool]:
+        """Computed, or the (row, fresh) of a settlement made final or put off."""
+        try:
+            person = await self._person_info(request)
+        except Refused as exc:
+            return await self._finish(row, "refused", refusal={"code": exc.err_code, "message": exc.err_msg})
+        except (PlatformError, PersonInfoInvalid) as exc:
+            return await self._retry(row, exc)
+        outcome = self._compute(request, person)
+        if isinstance(outcome, PersonInfoInvalid):
+            return await self._retry(row, outcome)
+        if isinstance(outcome, RequestInvalid):
+            return await self._finish(row, "invalid", refusal={"code": outcome.code, "message": str(outcome)},
+                                      error_code=outcome.code)
+        if isinstance(outcome, Refusal):
+            return await self._finish(row, "refused", refusal=outcome.as_json())
+        return Computed(person, outcome)
+
+    async def _new_message(self, row: dict, person: PersonInfo, split, conflicts: int | None = None) -> dict:
+        """Record the next 2207 (a new msgid, the split and totals version it carries); the
+        ``setl_time`` is fixed by the first one."""
+        coverage = select_coverage(person, row["insutype"])
+        setl_time = row["setl_time"] or fmt_time(datetime.now(CST))
+        values = {"state": "sending", "psn_no": person.psn_no, "insuplc_admdvs": coverage.insuplc_admdvs,
+                  "split": orjson.dumps(split.as_json()).decode(), "accum_year": person.accum.year,
+                  "accum_version": person.accum.version, "setl_time": setl_time, "setl_date": setl_time[:10],
+                  "conflicts": row["conflicts"] if conflicts is None else conflicts}
+        return await self._renew_msgid(row, values)
+
+    async def _renew_msgid(self, row: dict, values: dict | None = None) -> dict:
+        """A msgid no message ever had (settlement_msgid is unique), recorded with ``values``."""
+        for _ in range(20):
+            msgid = self._msgid(row["fixmedins_code"])
+            used = orjson.loads(row["msgids"]) + [msgid]
+            try:
+                return await self._write(row, {**(values or {}), "msgid": msgid, "msgids": orjson.dumps(used).decode()},
+                                         msgid=msgid)
+            except IntegrityError:
+                continue
+        raise SettlementError("no free msgid")
+
+    # -- step: sending --------------------------------------------------------------------------
+
+    async def _step_sending(self, row: dict, fresh: bool) -> tuple[dict, bool]:
+        """Resend (SH/JS/ZJ: same msgid; AH: 5205 first), or past the deadline, reverse."""
+        if time.time() > row["deadline"]:
+            return await self._write(row, {"state": "reversing", "attempts": 0, "next_at": 0.0},
+                                     release_person=True), False
+        async with self._person(row, row["psn_no"]):
+            return await self._send_loop(row, fresh)
+
+    async def _send_loop(self, row: dict, fresh: bool) -> tuple[dict, bool]:
+        """Send the current 2207 until its outcome is known or must wait (holding the person).
+
+        ``fresh``: the current msgid was certainly never sent before; otherwise on AH the
+        outcome of the earlier sending is asked (5205) before anything is sent again.
+        """
+        for _ in range(self.options.max_conflicts + 5):
+            if not fresh and row["insuplc"] == "AH":
+                try:
+                    known = await self._ask_outcome(row)
+                except PlatformError as exc:
+                    return await self._retry(row, exc)
+                if known is None:  # never processed (or reversed): a new message
+                    row, fresh = await self._renew_msgid(row), True
+                    continue
+                answer = known
+            else:
+                answer = await self._send_2207(row)
+            if isinstance(answer, dict):
+                return await self._settled(row, answer)
+            if isinstance(answer, OutcomeUnknown) and row["insuplc"] == "AH":
+                fresh = False
+                continue
+            if isinstance(answer, PlatformError) and not isinstance(answer, Refused):
+                return await self._retry(row, answer)
+            result = await self._on_refusal(row, answer)
+            if isinstance(result, tuple):
+                return result
+            row, fresh = result, True
+        return await self._retry(row, SettlementError("too many recomputations in a row"), conflicts=0)
+
+    async def _send_2207(self, row: dict) -> dict | PlatformError:
+        split = orjson.loads(row["split"])
+        try:
+            return await self.platform.settle(
+                row["insuplc_admdvs"], msgid=row["msgid"], mdtrtarea_admvs=row["mdtrtarea_admvs"],
+                fixmedins_code=row["fixmedins_code"], psn_no=row["psn_no"], insutype=row["insutype"],
+                mdtrt_id=row["mdtrt_id"], setl_id=row["setl_id"],
+                setl_time=datetime.strptime(row["setl_time"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=CST),
+                accum_year=row["accum_year"], accum_version=row["accum_version"], split=split)
+        except PlatformError as exc:
+            return exc
+
+    async def _ask_outcome(self, row: dict) -> dict | Refused | None:
+        """5205 on the current msgid: its output, its refusal, or None (not processed, or
+        reversed). Raises PlatformError when 5205 itself gets no answer."""
+        out = await self.platform.query_outcome(row["insuplc_admdvs"], row["msgid"],
+                                                msgid=self._msgid(row["fixmedins_code"]),
+                                                mdtrtarea_admvs=row["mdtrtarea_admvs"],
+                                                fixmedins_code=row["fixmedins_code"])
+        if not out.get("found") or out.get("status") == "reversed":
+            return None
+        response = out.get("response") or {}
+        output = response.get("output") or {}
+        if str(response.get("infcode")) == "0":
+            return output
+        return Refused(str(output.get("err_code") or "UNKNOWN"), scrub(str(response.get("err_msg") or "")), output)
+
+    async def _on_refusal(self, row: dict, exc: Refused) -> dict | tuple[dict, bool]:
+        """A 2207 refusal: committed already, recompute and a new message (the new row), or final."""
+        if exc.err_code == "DUPLICATE_SETL_ID":
+            return await self._settled(row, exc.output, duplicate=True)
+        if exc.err_code not in RECOMPUTE:
+            return await self._finish(row, "refused", refusal={"code": exc.err_code, "message": exc.err_msg})
+        outcome = await self._read_and_compute(row, self._request(row))
+        if not isinstance(outcome, Computed):
+            return outcome
+        log.info("settlement %s: %s, recomputed on totals version %s", row["setl_id"], exc.err_code,
+                 outcome.person.accum.version)
+        return await self._new_message(row, outcome.person, outcome.split, conflicts=row["conflicts"] + 1)
+
+    async def _settled(self, row: dict, output: Mapping[str, Any], duplicate: bool = False) -> tuple[dict, bool]:
+        """Committed: the 2207 output, or a DUPLICATE_SETL_ID's committed settlement (whose
+        amounts are taken when they differ: the platform committed an earlier computation)."""
+        values: dict[str, Any] = {"insurer_setl_id": output.get("insurer_setl_id")}
+        if duplicate and all(name in output for name in SPLIT_FIELDS):
+            mine = orjson.loads(row["split"])
+            theirs = {name: str(output[name]) for name in SPLIT_FIELDS}
+            if theirs != {name: mine[name] for name in SPLIT_FIELDS}:
+                log.warning("settlement %s: committed amounts differ from the last computation; taking "
+                            "the platform's", row["setl_id"])
+                values["split"] = orjson.dumps({name: theirs[name] for name in mine}).decode()
+        state = "voided" if duplicate and output.get("status") == "voided" else "settled"
+        return await self._finish(row, state, **values)
+
+    # -- step: reversing ------------------------------------------------------------------------
+
+    async def _step_reversing(self, row: dict, fresh: bool) -> tuple[dict, bool]:
+        """2601 every msgid this settlement's 2207 ever had: then none of them is or can become
+        committed (reversed, or dead if it arrives late). Retried until every one is answered."""
+        for omsgid in orjson.loads(row["msgids"]):
+            try:
+                await self.platform.reverse(row["insuplc_admdvs"], msgid=self._msgid(row["fixmedins_code"]),
+                                            psn_no=row["psn_no"], omsgid=omsgid, oinfno="2207",
+                                            mdtrtarea_admvs=row["mdtrtarea_admvs"],
+                                            fixmedins_code=row["fixmedins_code"])
+            except Refused as exc:
+                log.warning("settlement %s: 2601 refused %s", row["setl_id"], exc.err_code)
+            except PlatformError as exc:
+                return await self._retry(row, exc)
+        return await self._finish(row, "reversed", refusal=UNAVAILABLE)
+
+    # -- step: voiding --------------------------------------------------------------------------
+
+    async def _step_voiding(self, row: dict, fresh: bool) -> tuple[dict, bool]:
+        """2208 (safe to repeat); SETL_NOT_FOUND leaves it settled with the error noted."""
+        try:
+            await self.platform.void(row["insuplc_admdvs"], msgid=row["void_msgid"], psn_no=row["psn_no"],
+                                     setl_id=row["setl_id"], insurer_setl_id=row["insurer_setl_id"],
+                                     mdtrtarea_admvs=row["mdtrtarea_admvs"], fixmedins_code=row["fixmedins_code"])
+        except Refused as exc:
+            return await self._finish(row, "settled", last_error=f"void refused: {exc.err_code}")
+        except PlatformError as exc:
+            return await self._retry(row, exc)
+        return await self._finish(row, "voided", voided_at=utcnow())
