@@ -12,12 +12,14 @@ hospital may send from loopback only.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 from datetime import datetime, timezone
 
 import structlog
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import insert, select
+import orjson
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -26,6 +28,7 @@ from hub import ingest, metrics, store
 from hub.auth import Party, bearer_party, require_hospital
 from hub.db import writer
 from hub.errors import BadRequest
+from hub.models import MessageControl, Upload
 from mappers import shanghai_hl7v2 as sh
 from mappers.common import MapResult
 
@@ -49,7 +52,7 @@ def store_messages(engine, sender: str, items: list[tuple[bytes, sh.MessageResul
     for attempt in range(5):
         try:
             with writer(engine).begin() as conn:
-                return [_store_in(conn, sender, m, r, content_type) for m, r in items]
+                return _store_all(conn, sender, items, content_type)
         except (IntegrityError, OperationalError):
             if attempt == 4:
                 raise
@@ -61,32 +64,72 @@ def store_message(engine, sender: str, message: bytes, mapped: sh.MessageResult,
     return store_messages(engine, sender, [(message, mapped)], content_type)[0]
 
 
-def _store_in(conn, sender: str, message: bytes, mapped: sh.MessageResult,
-              content_type: str | None) -> bytes:
-    from hub.models import MessageControl
+def _controlled(mapped: sh.MessageResult) -> str | None:
+    """The control id a repeat is recognised by (what was answered AR has none to trust)."""
+    return mapped.control_id[:100] if mapped.control_id and mapped.ack_code != "AR" else None
 
-    control = mapped.control_id
-    if control and mapped.ack_code != "AR":
-        seen = conn.execute(select(MessageControl.ack).where(
-            MessageControl.sender == sender, MessageControl.control_id == control)).first()
-        if seen is not None:
+
+def _store_all(conn, sender: str, items, content_type) -> list[bytes]:
+    """One body's messages: the new ones archived and stored together (a handful of bulk
+    statements, not a dozen per message); repeats answered with their first ACK."""
+    M = MessageControl.__table__
+    controls = {c for _, r in items if (c := _controlled(r))}
+    answered = dict(conn.execute(select(M.c.control_id, M.c.ack).where(
+        M.c.sender == sender, M.c.control_id.in_(controls))).all()) if controls else {}
+    fresh, first_of = [], {}
+    for n, (message, mapped) in enumerate(items):
+        control = _controlled(mapped)
+        if control is not None and (control in answered or control in first_of):
             metrics.RECORDS.labels("sh", "repeated").inc()
-            return seen.ack
-    upload_id = ingest.archive(conn, "sh", sender, message, content_type)
-    put = store.put_records(conn, "sh", mapped.result.records, upload_id)
-    rejected = [r.as_dict() for r in mapped.result.rejected + put.rejected]
-    errors = [e.location() + ": " + e.reason for e in mapped.errors]
-    ingest.set_summary(conn, upload_id, {
-        "ack": mapped.ack_code, "control_id": control, "stored": put.stored,
-        "unchanged": put.unchanged, "rejected": rejected, "errors": errors,
-        "notes": mapped.result.notes, "set_aside": mapped.ack_code != "AA"})
-    ack = sh.build_ack(message, mapped.ack_code, mapped.errors, f"ACK{upload_id}")
-    if control and mapped.ack_code != "AR":
-        conn.execute(insert(MessageControl), [{
-            "sender": sender, "control_id": control[:100], "upload_id": upload_id, "ack": ack,
-            "received_at": datetime.now(timezone.utc)}])
-    metrics.RECORDS.labels("sh", mapped.ack_code).inc()
-    return ack
+            continue
+        if control is not None:
+            first_of[control] = n
+        fresh.append((n, message, mapped))
+    upload_ids = _archive_all(conn, sender, fresh, content_type)
+    records, origins = [], []
+    for (_, _, mapped), upload_id in zip(fresh, upload_ids):
+        records += mapped.result.records
+        origins += [upload_id] * len(mapped.result.records)
+    put = store.put_records(conn, "sh", records, None, origins)
+    acks = _finish(conn, sender, fresh, upload_ids, put)
+    return [acks[n] if n in acks else
+            answered.get(_controlled(r)) or acks[first_of[_controlled(r)]]
+            for n, (_, r) in enumerate(items)]
+
+
+def _archive_all(conn, sender: str, fresh, content_type) -> list[int]:
+    if not fresh:
+        return []
+    now = datetime.now(timezone.utc)
+    rows = [{"channel": "sh", "sender": sender, "received_at": now, "content_type": content_type,
+             "filename": None, "sha256": hashlib.sha256(m).hexdigest(), "rerun_of": None,
+             "body": m} for _, m, _ in fresh]
+    return list(conn.execute(insert(Upload).returning(Upload.id, sort_by_parameter_order=True),
+                             rows).scalars())
+
+
+def _finish(conn, sender: str, fresh, upload_ids, put) -> dict[int, bytes]:
+    """Summaries, ACKs and control ids of the new messages, written in bulk."""
+    acks, summaries, controls = {}, [], []
+    now = datetime.now(timezone.utc)
+    for (n, message, mapped), upload_id in zip(fresh, upload_ids):
+        outcomes = [put.outcomes.get(f"sh:{r.hospital}|{r.key}") for r in mapped.result.records]
+        summary = {"ack": mapped.ack_code, "control_id": mapped.control_id,
+                   "stored": outcomes.count("stored"), "unchanged": outcomes.count("unchanged"),
+                   "rejected": [r.as_dict() for r in mapped.result.rejected],
+                   "errors": [e.location() + ": " + e.reason for e in mapped.errors],
+                   "notes": mapped.result.notes, "set_aside": mapped.ack_code != "AA"}
+        summaries.append({"w_id": upload_id, "summary": orjson.dumps(summary).decode()})
+        acks[n] = sh.build_ack(message, mapped.ack_code, mapped.errors, f"ACK{upload_id}")
+        if _controlled(mapped):
+            controls.append({"sender": sender, "control_id": _controlled(mapped),
+                             "upload_id": upload_id, "ack": acks[n], "received_at": now})
+        metrics.RECORDS.labels("sh", mapped.ack_code).inc()
+    if summaries:
+        conn.execute(update(Upload).where(Upload.id == bindparam("w_id")), summaries)
+    if controls:
+        conn.execute(insert(MessageControl), controls)
+    return acks
 
 
 async def handle_message(app, sender: str, message: bytes, content_type: str | None = ER7

@@ -45,6 +45,7 @@ class PutResult:
     unchanged: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     patients: set[str] = field(default_factory=set)
+    outcomes: dict[str, "str | Rejection"] = field(default_factory=dict)
 
 
 def record_digest(record: Record) -> str:
@@ -68,23 +69,28 @@ def with_meta(content: bytes, version: int, last_updated: datetime) -> bytes:
 
 
 def put_records(conn: Connection, channel: str, records: list[Record],
-                upload_id: int | None) -> PutResult:
+                upload_id: int | None, upload_ids: list[int] | None = None) -> PutResult:
     """Store ``records`` (already mapped and validated) in ``conn``'s transaction.
 
     The whole upload is written in a handful of set-wise statements (one look-up of the record
     rows, one of the patient index, one of the current resources; bulk inserts and updates),
     not statements per resource. Within one upload, a later record wins over an earlier one
-    with the same key, and two records of one person resolve to one patient.
+    with the same key, and two records of one person resolve to one patient. ``upload_ids``
+    (parallel to ``records``) stores several uploads at once, each version noting its own.
+    ``PutResult.outcomes`` says per record key: ``stored``, ``unchanged`` or a Rejection.
     """
     result = PutResult()
     now = datetime.now(timezone.utc)
     keyed = {f"{channel}:{r.hospital}|{r.key}": r for r in records}
+    origin = {f"{channel}:{r.hospital}|{r.key}": (upload_ids[i] if upload_ids else upload_id)
+              for i, r in enumerate(records)}
     digests = {k: record_digest(r) for k, r in keyed.items()}
     stored_rows = _load_records(conn, list(keyed))
     todo: dict[str, Record] = {}
     for key, record in keyed.items():
         row = stored_rows.get(key)
         outcome = _compare(record, digests[key], row)
+        result.outcomes[key] = "stored" if outcome in ("new", "changed") else outcome
         if isinstance(outcome, Rejection):
             result.rejected.append(outcome)
         elif outcome == "unchanged":
@@ -94,13 +100,13 @@ def put_records(conn: Connection, channel: str, records: list[Record],
             todo[key] = record
     if todo:
         pids = _resolve_patients(conn, todo)
-        batch = _Batch(conn, upload_id, now)
+        batch = _Batch(conn, upload_id, now, origin)
         _add_patients(conn, batch, todo, pids)
         for key, record in todo.items():
             batch.add_record(key, record, pids[key])
         batch.retire_dropped([k for k in todo if k in stored_rows])
         batch.flush()
-        _write_record_rows(conn, todo, digests, pids, stored_rows, upload_id, now)
+        _write_record_rows(conn, todo, digests, pids, stored_rows, origin, now)
         result.stored += len(todo)
         result.patients.update(pids.values())
     return result
@@ -182,9 +188,9 @@ def _add_patients(conn: Connection, batch: "_Batch", todo: dict[str, Record],
         batch.add("Patient", pid, merged[pid], record_key=None, hospital=None, pid=pid)
 
 
-def _write_record_rows(conn, todo, digests, pids, stored_rows, upload_id, now) -> None:
+def _write_record_rows(conn, todo, digests, pids, stored_rows, origin, now) -> None:
     rows = [{"key": k, "hospital": r.hospital, "patient_id": pids[k], "digest": digests[k],
-             "source_version": getattr(r, "version", None), "upload_id": upload_id,
+             "source_version": getattr(r, "version", None), "upload_id": origin[k],
              "updated": now} for k, r in todo.items()]
     new = [row for row in rows if row["key"] not in stored_rows]
     old = [dict(row, w_key=row.pop("key")) for row in rows if row["key"] in stored_rows]
@@ -197,19 +203,22 @@ def _write_record_rows(conn, todo, digests, pids, stored_rows, upload_id, now) -
 class _Batch:
     """The resource versions one upload writes, flushed in a few set-wise statements."""
 
-    def __init__(self, conn: Connection, upload_id: int | None, now: datetime):
+    def __init__(self, conn: Connection, upload_id: int | None, now: datetime,
+                 origin: dict[str, int | None] | None = None):
         self.conn, self.upload_id, self.now = conn, upload_id, now
+        # record key -> the upload it came from (several uploads stored at once)
+        self.origin = origin or {}
         self.writes: dict[tuple[str, str], dict] = {}
         self.retired: list = []
 
     def add(self, t: str, i: str, resource: dict, record_key, hospital, pid,
-            content: bytes | None = None) -> None:
+            content: bytes | None = None, upload_id: int | None = None) -> None:
         self.writes[(t, i)] = {
             "res_type": t, "res_id": i, "patient_id": pid, "hospital": hospital,
             "province": province_of(hospital) if hospital else None, "record_key": record_key,
             "sort_date": search.sort_date(t, resource),
             "sensitive": sensitivity.category_of(resource), "deleted": False,
-            "last_updated": self.now, "upload_id": self.upload_id,
+            "last_updated": self.now, "upload_id": upload_id or self.upload_id,
             "content": content or dumps(resource),
             "_resource": resource}
 
@@ -224,14 +233,15 @@ class _Batch:
             if t in MERGED_TYPES and earlier is not None:  # two records of one upload
                 r = {**orjson.loads(earlier["content"]), **orjson.loads(content)}
                 content = dumps(r)
-            self.add(t, r["id"], r, owner, record.hospital, None if shared else pid, content)
+            self.add(t, r["id"], r, owner, record.hospital, None if shared else pid, content,
+                     self.origin.get(key))
 
     def retire_dropped(self, record_keys: list[str]) -> None:
         """Queue as deleted the resources of replaced records that the new versions dropped."""
         for part in _chunks(record_keys):
             for row in self.conn.execute(
                     select(R.c.res_type, R.c.res_id, R.c.version, R.c.content, R.c.deleted,
-                           R.c.last_updated, R.c.upload_id)
+                           R.c.last_updated, R.c.upload_id, R.c.record_key)
                     .where(R.c.record_key.in_(part), R.c.deleted.is_(False))):
                 if (row.res_type, row.res_id) not in self.writes:
                     self.retired.append(row)
@@ -274,7 +284,7 @@ class _Batch:
         for row in self.retired:
             updates.append({"w_type": row.res_type, "w_id": row.res_id, "deleted": True,
                             "version": row.version + 1, "last_updated": self.now,
-                            "upload_id": self.upload_id})
+                            "upload_id": self.origin.get(row.record_key, self.upload_id)})
             reindex.append((row.res_type, row.res_id))
             history.append(self._history(row.res_type, row.res_id, row))
         self._execute(inserts, updates, history, index, reindex)

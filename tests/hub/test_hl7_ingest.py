@@ -134,3 +134,11 @@ def test_mllp_sender_rules():
 def test_msh4_from_raw_bytes():
     assert msh4((SH / "adt_a04.hl7").read_bytes()) == "H31010100001"
     assert msh4(b"garbage") == ""
+
+
+def test_same_control_id_twice_in_one_body_is_stored_once(hub):
+    message = (SH / "adt_a04.hl7").read_bytes()
+    answer = post(hub, message + message)
+    acks = [s for s in answer.content.decode().split("\r") if s.startswith("MSA")]
+    assert [a.split("|")[1] for a in acks] == ["AA", "AA"]
+    assert count(hub.engine, Upload) == 1
