@@ -28,7 +28,7 @@ import orjson
 from sqlalchemy import and_, exists, false, literal, not_, or_, select
 from sqlalchemy.engine import Connection
 
-from hub import audit, masking, queries, search
+from hub import audit, masking, queries
 from hub.auth import Party
 from hub.errors import Forbidden, NotFound
 from hub.models import Resource, Sharing
