@@ -8,21 +8,12 @@ carries query strings such as ``identifier=...|33042119850412002X``): anything s
 from __future__ import annotations
 
 import logging
-import re
 import sys
 
 import structlog
 
-from mappers.common import mask_resident_id
 
-# 18 characters (17 digits and a digit or X) or the 15-digit legacy form, not inside a longer
-# run of digits (so order numbers and timestamps are left alone). Letters may touch it: in a URL
-# the ID follows "%7C" (an encoded "|").
-_RID_RE = re.compile(r"(?<!\d)(\d{17}[\dXx]|\d{15})(?![\dXx])")
-
-
-def scrub(text: str) -> str:
-    return _RID_RE.sub(lambda m: mask_resident_id(m.group(1)), text)
+from mappers.common import scrub  # noqa: E402  (one definition of "what could be an ID")
 
 
 def _scrub_value(value):

@@ -66,12 +66,13 @@ from typing import Any, Callable, Iterator
 
 from charset_normalizer import from_bytes
 
+from mappers.common import scrub
 from mappers.common import (
     CST, ICD10_SYSTEM, check_character, INSURANCE_CARD_SYSTEM, LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM,
     LOINC_SYSTEM, OUTPATIENT_NO_SYSTEM, PATIENT_REF, RESIDENT_ID_SYSTEM, ForeignSender,
     InvalidValue, MapResult, Record, Rejection, UnreadableUpload, clean, fhir_date,
     fhir_datetime, hospital_organization, hospital_reference, interpretation, lab_value,
-    make_id, mask_resident_id, normalize_resident_id, parse_when, reference_range,
+    make_id, normalize_resident_id, parse_when, reference_range,
     resident_id_birth_date, to_halfwidth, validate,
 )
 
@@ -931,12 +932,7 @@ def map_upload(body: bytes, sender: str, filename: str = "upload.csv") -> MapRes
     return result
 
 
-_ID_LIKE_RE = re.compile(r"\d{14}[\dXx]{1,4}")
-
-
-def scrub_resident_ids(text: str) -> str:
-    """Mask every run of 15-18 digits (with a final X) in a message: it may be an ID number."""
-    return _ID_LIKE_RE.sub(lambda m: mask_resident_id(m.group()), text)
+scrub_resident_ids = scrub  # the one definition, in mappers.common
 
 
 def _map_archive(body: bytes, zipname: str, sender: str, result: MapResult,

@@ -313,6 +313,18 @@ def check_character(first17: str) -> str:
     return ric.calc_check_digit(first17 + "0")
 
 
+# Anything that could be a resident ID number: a run of 15 to 18 digits (the last may be X) not
+# inside a longer run of digits. Letters may touch it (in a URL it follows "%7C", an encoded |).
+_ID_LIKE_RE = re.compile(r"(?<!\d)(\d{14}[\dXx]{1,4})(?![\dXx])")
+
+
+def scrub(text: str) -> str:
+    """``text`` with everything that could be a resident ID masked (``3304**********002X``):
+    for every message to a sender, every log line and every error. Hospital codes (11 digits),
+    timestamps (14) and message ids (over 18) are left alone."""
+    return _ID_LIKE_RE.sub(lambda m: mask_resident_id(m.group(1)), text)
+
+
 def resident_id_birth_date(resident_id: str) -> date:
     return ric.get_birth_date(resident_id)
 

@@ -39,6 +39,7 @@ from typing import Any, Iterator
 
 from lxml import etree
 
+from mappers.common import scrub as _scrub
 from mappers.common import (
     DEPARTMENT_SYSTEM,
     DICOM_MODALITY_SYSTEM,
@@ -68,7 +69,6 @@ from mappers.common import (
     interpretation,
     lab_value,
     make_id,
-    mask_resident_id,
     normalize_resident_id,
     parse_decimal,
     parse_when,
@@ -210,7 +210,6 @@ _TS_RE = re.compile(r"^(\d{8}|\d{10}|\d{12}|\d{14})(?:\.\d{1,6})?(?:([+-])(\d{2}
 _VERSION_RE = re.compile(r"^\d{1,9}$")
 _NUMBER_LIKE_RE = re.compile(r"^(<=|>=|<|>|≤|≥)?\s*[+-]?[\d.]+([eE][+-]?\d+)?$")
 # Anything shaped like a resident ID number, masked in every message that quotes source text.
-_ID_LIKE_RE = re.compile(r"\d{17}[\dXx]|\d{15}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,9 +246,6 @@ class FieldError(InvalidValue):
         self.location = location
 
 
-def _scrub(text: str) -> str:
-    """Mask anything shaped like a resident ID number in a message quoting source text."""
-    return _ID_LIKE_RE.sub(lambda m: mask_resident_id(m.group(0)), text)
 
 
 @contextmanager

@@ -34,6 +34,7 @@ from datetime import date, datetime
 from typing import Any, Callable, NamedTuple
 from urllib.parse import quote
 
+from mappers.common import scrub as _scrub
 from mappers.common import (
     DICOM_MODALITY_SYSTEM,
     DICOM_UID_SYSTEM,
@@ -65,7 +66,6 @@ from mappers.common import (
     hospital_reference,
     lab_value,
     make_id,
-    mask_resident_id,
     normalize_resident_id,
     parse_decimal,
     reference_range,
@@ -201,7 +201,6 @@ ERROR_CODES: dict[str, str] = {
 _UID_RE = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 _SEGMENT_ID_RE = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _HOSPITAL_CODE_RE = re.compile(r"^H\d{11}$")
-_ID_LIKE_RE = re.compile(r"(?<![0-9])(\d{17}[\dXx]|\d{15})(?![0-9])")
 _DISTRICT_RE = re.compile(r"^(\S{1,6}?(?:新区|区|县))")
 _DTM_RE = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
 _CJK_RE = re.compile(r"[\u3400-\u9fff]")
@@ -247,9 +246,6 @@ class _MapError(Exception):
         self.error = error
 
 
-def _scrub(text: str) -> str:
-    """Mask anything shaped like a resident ID number (reasons and notes must never hold one)."""
-    return _ID_LIKE_RE.sub(lambda m: mask_resident_id(m.group(1)), text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Callable
 
+from mappers.common import scrub as _scrub
 from mappers.common import (
     DEPARTMENT_SYSTEM, DICOM_MODALITY_SYSTEM, DICOM_UID_SYSTEM, DOCUMENT_SYSTEMS,
     HOSPITAL_PATIENT_NO_SYSTEM, ICD10_SYSTEM, IMAGING_REPORT_SYSTEM, INSURANCE_CARD_SYSTEM,
@@ -142,7 +143,6 @@ FREQUENCIES: dict[str, tuple[str | None, int | None, str | None, bool]] = {
 UCUM = "http://unitsofmeasure.org"
 
 # Any run of 15+ digits in a message could be a resident ID number: masked before it leaves.
-_LONG_NUMBER_RE = re.compile(r"\d{15,}[Xx]?")
 
 # ---------------------------------------------------------------------------------------------
 # Entry point
@@ -295,9 +295,6 @@ class _Bad(Exception):
         self.reason = reason
 
 
-def _scrub(text: str) -> str:
-    """Mask anything that could be a resident ID number in a message for the sender or a log."""
-    return _LONG_NUMBER_RE.sub(lambda m: mask_resident_id(m.group(0)), text)
 
 
 def _fold(value: Any) -> str | None:
