@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import orjson
-from sqlalchemy import and_, exists, false, literal, not_, or_, select
+from sqlalchemy import and_, bindparam, exists, false, literal, not_, or_, select
 from sqlalchemy.engine import Connection
 
 from hub import audit, masking, queries
@@ -61,12 +61,20 @@ class Caller:
 class Decision:
     allowed: bool
     reason: str = ""
-    # SQL conditions on ``resource``: what of an allowed patient the caller may see.
-    extra: list = field(default_factory=list)
     masked: bool = True
-    # The same, as facts for ``consent_allows`` (None: no consent filter, e.g. an admin).
+    # What of an allowed patient the caller may see, as facts for ``consent_allows`` (None: no
+    # consent filter, e.g. an admin) ...
     choices: SharingChoices | None = None
     province: str | None = None
+    # ... and, for a search across patients, which patients (SQL).
+    scope: list = field(default_factory=list)
+
+    @property
+    def extra(self) -> list:
+        """The same as SQL conditions on ``resource`` (built only when a query needs them)."""
+        if self.choices is not None:
+            return consent_conditions(self.choices, self.province)
+        return list(self.scope)
 
     def shows(self, row) -> bool:
         if self.choices is None or row.patient_id is None:
@@ -94,15 +102,27 @@ def treated_patients(hospital: str, now: datetime):
         R.c.sort_date >= treating_cutoff(now), R.c.sort_date <= _utc_text(now))
 
 
+def _facts_statement():
+    """Built once with bind parameters: SQLAlchemy then reuses the compiled form (building the
+    statement per read cost more than running it)."""
+    S = Sharing.__table__
+    treating = exists(select(R.c.patient_id).where(
+        R.c.res_type == "Encounter", R.c.hospital == bindparam("hospital"),
+        R.c.deleted.is_(False), R.c.sort_date >= bindparam("cutoff"),
+        R.c.sort_date <= bindparam("now"), R.c.patient_id == bindparam("pid")))
+    return (select(treating.label("treating"), S.c.cross_province, S.c.mental, S.c.hiv, S.c.sti)
+            .select_from(select(literal(1).label("one")).subquery())
+            .outerjoin(S, S.c.patient_id == bindparam("pid")))
+
+
+_FACTS = _facts_statement()
+
+
 def facts(conn: Connection, hospital: str, patient_id: str,
           now: datetime) -> tuple[bool, SharingChoices]:
     """Is ``hospital`` treating the patient, and what has the patient chosen: one round trip."""
-    S = Sharing.__table__
-    treating = exists(treated_patients(hospital, now).where(R.c.patient_id == patient_id))
-    row = conn.execute(select(treating.label("treating"), S.c.cross_province, S.c.mental,
-                              S.c.hiv, S.c.sti)
-                       .select_from(select(literal(1).label("one")).subquery())
-                       .outerjoin(S, S.c.patient_id == patient_id)).one()
+    row = conn.execute(_FACTS, {"hospital": hospital, "pid": patient_id,
+                                "cutoff": treating_cutoff(now), "now": _utc_text(now)}).one()
     choices = SharingChoices(*row[1:]) if row.cross_province is not None else SharingChoices()
     return bool(row.treating), choices
 
@@ -145,13 +165,12 @@ def decide(conn: Connection, caller: Caller, patient_id: str | None,
         return Decision(False, f"a {party.kind} may not read clinical records")
     province = province_of(party.code)
     if patient_id is None:
-        return Decision(True, extra=[R.c.patient_id.in_(treated_patients(party.code, now))])
+        return Decision(True, scope=[R.c.patient_id.in_(treated_patients(party.code, now))])
     treating, choices = facts(conn, party.code, patient_id, now)
     if not (treating or caller.emergency_reason):
         return Decision(False, "no encounter with this patient in the last 30 days; "
                                "send the visit first, or state an emergency reason")
-    return Decision(True, extra=consent_conditions(choices, province),
-                    choices=choices, province=province)
+    return Decision(True, choices=choices, province=province)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,6 +295,7 @@ def everything(conn: Connection, engine, caller: Caller, patient_id: str) -> Ans
 def _search_audit(conn, engine, caller: Caller, params, count: int, offset: int) -> Answer:
     if caller.party.kind != "admin":
         raise Forbidden("only an administrator may search the audit")
+    audit.flush(engine)
     page = queries.audit_page(conn, params, count, offset)
     return Answer(page.rows, page.total, False, caller, masked=False)
 

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.responses import JSONResponse, Response
 
-from hub import admin, errors, fhir_api, hl7_ingest, ingest, metrics, portal
+from hub import admin, audit, errors, fhir_api, hl7_ingest, ingest, metrics, portal
 from settlement import api as settlement_api
 from settlement.platform import PlatformClient
 from settlement.transfer import start_transfers
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for stop in tasks:
             await stop()
         ingest.shutdown_pool(app)
+        audit.flush(app.state.engine)
 
     app = FastAPI(title="yrdhub", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from hub import audit
+
 from hub.models import AuditRecord
 from mappers.common import CST
 from settlement.reference import default_reference
@@ -47,6 +49,7 @@ def access_log(engine: Engine, patient_id: str, limit: int | None = None) -> lis
              .order_by(A.c.recorded.desc(), A.c.id.desc()))
     if limit is not None:
         query = query.limit(limit)
+    audit.flush(engine)  # reads still being written belong in the log
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     return [{"time": (r.recorded if r.recorded.tzinfo else r.recorded.replace(tzinfo=timezone.utc))
