@@ -1,5 +1,5 @@
 """Benchmark: HL7 v2 ORU^R01 (10 OBX) over HTTP and over MLLP, Jiangsu CDA documents and Anhui
-rows, through a real hub (SQLite, loopback): parse, map, validate, store.
+rows, through a real hub (its own process, SQLite, loopback): parse, map, validate, store.
 
     python bench/ingest_formats.py [--messages 3000] [--connections 4]
 """
@@ -18,10 +18,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import hubproc  # noqa: E402
 from bench.zj_load import resident_id  # noqa: E402
 from hub.auth import create_token  # noqa: E402
-from hub.config import Settings  # noqa: E402
-from tests.conftest import FIXTURES, free_port, serve_in_thread  # noqa: E402
+from tests.conftest import FIXTURES, free_port  # noqa: E402
 
 SH_H, JS_H, AH_H = "H31010100001", "H32050900012", "H34010400001"
 OBX = ["GLU^葡萄糖^L|NM|6.8|mmol/L|3.9-6.1|H", "WBC^白细胞^L|NM|7.2|10*9/L|3.5-9.5|N",
@@ -50,9 +50,9 @@ def http_hl7(base, token, messages, per_body, clients) -> float:
     bodies = [b"".join(messages[i:i + per_body]) for i in range(0, len(messages), per_body)]
 
     def send(body):
-        with httpx.Client(base_url=base, timeout=300, headers={"Authorization": f"Bearer {token}"}) as c:
-            r = c.post("/ingest/sh", content=body, headers={"Content-Type": "x-application/hl7-v2+er7"})
-            assert r.content.count(b"MSA|AA") == body.count(b"MSH|"), r.content[:300]
+        r = hubproc.client(base, token).post("/ingest/sh", content=body,
+                                              headers={"Content-Type": "x-application/hl7-v2+er7"})
+        assert r.content.count(b"MSA|AA") == body.count(b"MSH|"), r.content[:300]
 
     t = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
@@ -78,16 +78,21 @@ def mllp_hl7(port, messages, connections) -> float:
 
 
 def cda_docs(base, token, count, clients) -> float:
-    template = (FIXTURES / "js" / "lab_report.xml").read_text("utf-8")
-    docs = [template.replace("H32010600001", JS_H) for _ in range(count)]
-    import re
-    docs = [re.sub(r'(<setId[^>]*extension=")([^"]+)"', rf'\g<1>\g<2>-{i}"', d, count=1).encode()
-            for i, d in enumerate(docs)]
+    """Lab reports of different visits: document, report and visit numbers made unique."""
+    template = (FIXTURES / "js" / "lab_report.xml").read_text("utf-8").replace("H32010600001", JS_H)
+    numbers = ("DOC-H32010600001-20240402-LAB-004417", "LAB20240402004417", "LAB20240402004418",
+               "MZ2024040200317")
+    docs = []
+    for i in range(count):
+        doc = template.replace("DOC-" + JS_H, "DOC-H32010600001")
+        for number in numbers:
+            doc = doc.replace(number, f"{number}-{i}")
+        docs.append(doc.encode())
 
     def send(doc):
-        with httpx.Client(base_url=base, timeout=300, headers={"Authorization": f"Bearer {token}"}) as c:
-            r = c.post("/ingest/js", content=doc, headers={"Content-Type": "application/xml"})
-            assert r.status_code == 200, r.text[:300]
+        r = hubproc.client(base, token).post("/ingest/js", content=doc,
+                                              headers={"Content-Type": "application/xml"})
+        assert r.status_code == 200, r.text[:300]
 
     t = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
@@ -126,17 +131,14 @@ def main() -> None:
     ap.add_argument("--documents", type=int, default=500)
     ap.add_argument("--rows", type=int, default=10000)
     args = ap.parse_args()
-    from hub import logs
-    from hub.app import create_app
+    from hub.db import get_engine
 
-    logs.configure("WARNING")
     url = f"sqlite:///{tempfile.mkdtemp(prefix='yrdhub-bench-')}/bench.db"
     mllp_port = free_port()
-    app = create_app(Settings(database_url=url, mllp_port=mllp_port))
     port = free_port()
-    server = serve_in_thread(app, port)
+    server = hubproc.start(url, port, mllp_port)
     base = f"http://127.0.0.1:{port}"
-    tokens = {h: create_token(app.state.engine, "hospital", h) for h in (SH_H, JS_H, AH_H)}
+    tokens = {h: create_token(get_engine(url), "hospital", h) for h in (SH_H, JS_H, AH_H)}
     messages = [oru(n) for n in range(2 * args.messages)]
     http_hl7(base, tokens[SH_H], messages[:200], args.per_body, 2)  # warm the mapper processes
     seconds = http_hl7(base, tokens[SH_H], messages[200:args.messages + 200], args.per_body, 2)
@@ -148,7 +150,7 @@ def main() -> None:
     rate("Jiangsu CDA lab reports", args.documents, seconds, "documents")
     stored, seconds = anhui_rows(base, tokens[AH_H], args.rows)
     rate("Anhui lab rows (one CSV)", stored, seconds, "rows")
-    server.should_exit = True
+    hubproc.stop(server)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Benchmark: Zhejiang uploads through a real hub (HTTP on loopback, SQLite by default).
+"""Benchmark: Zhejiang uploads through a real hub (its own process, HTTP on loopback, SQLite by
+default).
 
 Prints visits/s and resources/s for ingest, then $everything p50/p99 once the store holds at
 least --min-resources resources.
@@ -22,12 +23,12 @@ from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import hubproc  # noqa: E402
 from bench.zj_load import HOSPITALS, resident_id, upload  # noqa: E402
 from hub.auth import create_token  # noqa: E402
-from hub.config import Settings  # noqa: E402
 from hub.models import Resource  # noqa: E402
 from mappers.common import RESIDENT_ID_SYSTEM  # noqa: E402
-from tests.conftest import free_port, serve_in_thread  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 
 
 def main() -> None:
@@ -42,15 +43,12 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="yrdhub-bench-")
     url = args.database_url or f"sqlite:///{workdir}/bench.db"
 
-    from hub import logs
-    from hub.app import create_app
+    from hub.db import get_engine
 
-    logs.configure("WARNING")
-    app = create_app(Settings(database_url=url, mllp_port=0))
     port = free_port()
-    server = serve_in_thread(app, port)
+    server = hubproc.start(url, port)
     base = f"http://127.0.0.1:{port}"
-    engine = app.state.engine
+    engine = get_engine(url)
     tokens = {h: create_token(engine, "hospital", h) for h in HOSPITALS}
     admin = create_token(engine, "admin", None)
 
@@ -62,11 +60,9 @@ def main() -> None:
 
     def send(item):
         hospital, body = item
-        with httpx.Client(base_url=base, timeout=120,
-                          headers={"Authorization": f"Bearer {tokens[hospital]}"}) as c:
-            r = c.post("/ingest/zj", content=body)
-            r.raise_for_status()
-            return r.json()["stored"]
+        r = hubproc.client(base, tokens[hospital]).post("/ingest/zj", content=body)
+        r.raise_for_status()
+        return r.json()["stored"]
 
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
@@ -94,7 +90,7 @@ def main() -> None:
     p99 = times[int(len(times) * 0.99) - 1]
     print(f"$everything over {resources} resources: p50 {statistics.median(times):.1f} ms, "
           f"p99 {p99:.1f} ms ({args.lookups} lookups, {statistics.mean(sizes):.0f} resources each)")
-    server.should_exit = True
+    hubproc.stop(server)
 
 
 if __name__ == "__main__":

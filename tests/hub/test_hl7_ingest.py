@@ -142,3 +142,15 @@ def test_same_control_id_twice_in_one_body_is_stored_once(hub):
     acks = [s for s in answer.content.decode().split("\r") if s.startswith("MSA")]
     assert [a.split("|")[1] for a in acks] == ["AA", "AA"]
     assert count(hub.engine, Upload) == 1
+
+
+def test_concurrent_mllp_senders_share_commits_and_each_gets_its_own_ack(mllp_hub, engine):
+    import concurrent.futures
+
+    template = (SH / "adt_a04.hl7").read_bytes()
+    messages = [template.replace(b"MSG0000123", f"MSGC{i:06d}".encode())
+                .replace(b"MZ2024031500077", f"MZC{i:012d}".encode()) for i in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        acks = list(pool.map(lambda m: mllp_send(mllp_hub, m), messages))
+    assert [msa(a)[1:3] for a in acks] == [["AA", f"MSGC{i:06d}"] for i in range(8)]
+    assert count(engine, Upload) == 8
