@@ -26,6 +26,22 @@ PURPOSE_LABELS = {"treatment": "诊疗", "emergency": "急诊紧急查阅", "adm
 OUTCOME_LABELS = {"allowed": "已允许", "refused": "已拒绝"}
 
 
+# What was read, in words for the page: the audit's interaction and resource type (data).
+INTERACTIONS = {"everything": "全部健康档案", "search": "检索", "read": "查看"}
+TYPES = {"Patient": "基本信息", "Encounter": "就诊记录", "Condition": "诊断", "Observation": "检验结果",
+         "DiagnosticReport": "检验/检查报告", "ImagingStudy": "影像检查",
+         "MedicationRequest": "处方", "AllergyIntolerance": "过敏史"}
+
+
+def describe(what: str) -> str:
+    """``everything Patient/…`` -> ``全部健康档案``; ``search Condition`` -> ``检索：诊断``."""
+    interaction, _, target = what.partition(" ")
+    if interaction == "everything":
+        return INTERACTIONS["everything"]
+    kind = TYPES.get(target.split("/")[0], target.split("/")[0])
+    return f"{INTERACTIONS.get(interaction, interaction)}：{kind}"
+
+
 INSURER_NAMES = {"SH": "上海市医保信息平台", "JS": "江苏省医保信息平台", "ZJ": "浙江省医保信息平台",
                  "AH": "安徽省医保信息平台"}
 

@@ -144,7 +144,7 @@ def access_log_page(request: Request) -> Response:
         return to_login()
     entries = accesslog.access_log(request.app.state.engine, session.patient_id, limit=500)
     return page(request, session, "access_log.html", entries=entries, purposes=accesslog.PURPOSE_LABELS,
-                outcomes=accesslog.OUTCOME_LABELS)
+                outcomes=accesslog.OUTCOME_LABELS, describe=accesslog.describe)
 
 
 @router.get("/sharing")
