@@ -44,6 +44,7 @@ import hashlib
 import logging
 import os
 import random
+import sqlite3
 import threading
 import time
 import uuid
@@ -54,8 +55,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.pool import StaticPool
 
 from hub.auth import Party
 from hub.db import is_sqlite, writer
@@ -145,8 +147,30 @@ def utcnow() -> datetime:
 
 
 # ---------------------------------------------------------------------------------------------
-# The database side (synchronous; called through asyncio.to_thread)
+# The database side
 # ---------------------------------------------------------------------------------------------
+
+# Statements built once (their compiled form is cached by SQLAlchemy; building them per call
+# cost more than the SQL itself). ``b_*`` are bound at execution; an UPDATE's SET clause is the
+# execution's other keys.
+_BY_ID = select(T).where(T.c.setl_id == bindparam("b_setl_id"))
+_BY_KEY = select(T).where(T.c.fixmedins_code == bindparam("b_fixmedins_code"),
+                          T.c.request_key == bindparam("b_request_key"))
+_INSERT = insert(T)
+_EMPTY_ROW = {c.name: None for c in T.columns}  # a row's columns not given at insert (all nullable)
+_CLAIM = update(T).where(T.c.setl_id == bindparam("b_setl_id"), T.c.state.not_in(FINAL),
+                         or_(T.c.runner.is_(None), T.c.runner == bindparam("b_runner"),
+                             T.c.run_until < bindparam("b_now")))
+_UPDATE_MINE = update(T).where(T.c.setl_id == bindparam("b_setl_id"), T.c.runner == bindparam("b_runner"))
+_INSERT_MSGID = insert(MSGIDS)
+_RELEASE = delete(LEASE).where(LEASE.c.holder == bindparam("b_holder"))
+_TAKE = update(LEASE).where(LEASE.c.person_key == bindparam("b_key"),
+                            or_(LEASE.c.holder == bindparam("b_holder"), LEASE.c.until < bindparam("b_now")))
+_LEASE_HOLDER = select(LEASE.c.holder).where(LEASE.c.person_key == bindparam("b_key"))
+_INSERT_LEASE = insert(LEASE)
+_DUE = (select(T.c.setl_id).where(T.c.state.not_in(FINAL), or_(T.c.runner.is_(None), T.c.runner == bindparam("b_runner"),
+                                                                T.c.run_until < bindparam("b_now")))
+        .order_by(T.c.next_at).limit(bindparam("b_limit")))
 
 
 class _Serialized:
@@ -163,108 +187,233 @@ class _Serialized:
             yield conn
 
 
+def _is_busy(exc: OperationalError) -> bool:
+    code = getattr(exc.orig, "sqlite_errorcode", None) or 0  # extended: BUSY_SNAPSHOT is BUSY too
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc.orig)
+
+
 class Store:
     """Every read and write of the settlement tables. Writes are conditional on the runner: a
-    write by a runner that lost its lease raises RunnerLost and changes nothing."""
+    write by a runner that lost its lease raises RunnerLost and changes nothing.
+
+    The public methods are synchronous (any thread). ``run(op, ...)`` is how the service calls
+    them from the event loop: on a SQLite file it runs the transaction right there, on a
+    connection of its own that never waits for the database lock (a deferred BEGIN, no busy
+    timeout, no Python lock: the loop never blocks); when another writer holds the lock, or
+    committed between this transaction's read and its first write, SQLite says busy at once, the
+    transaction is rolled back and runs again in a thread, which waits as writers usually do. A settlement's transactions are
+    a few hundred microseconds of CPU; handing each to a thread cost far more (every statement
+    gives up the GIL, and a thread waits up to the switch interval, 5 ms, to get it back while
+    the loop is busy: a convoy that capped the hub at ~40 settlements/s). On PostgreSQL every
+    transaction goes to a thread.
+    """
 
     def __init__(self, engine, runner_lease: float):
         self.engine, self.lease = engine, runner_lease
         self.w = _Serialized(writer(engine)) if is_sqlite(engine) else writer(engine)
+        self.inline = is_sqlite(engine) and not isinstance(engine.pool, StaticPool)
+        self._conn = self._raw = None  # the event loop's own connection (SQLite file), made on first use
+
+    # -- running from the event loop --------------------------------------------------------------
+
+    async def run(self, op, *args: Any, **kw: Any) -> Any:
+        """``op(conn, ...)`` in a write transaction (``op`` is one of the ``_op_*`` below)."""
+        if self.inline:
+            try:
+                with self._loop_conn().begin():
+                    return op(self._conn, *args, **kw)
+            except OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                self._after_busy()
+        return await asyncio.to_thread(self._in_thread, op, *args, **kw)
+
+    async def read(self, op, *args: Any) -> Any:
+        """``op(conn, ...)`` for a read (on the loop's connection a short transaction too)."""
+        if self.inline:
+            try:
+                with self._loop_conn().begin():
+                    return op(self._conn, *args)
+            except OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                self._after_busy()
+        return await asyncio.to_thread(self._read_in_thread, op, *args)
+
+    def _after_busy(self) -> None:
+        """Leave no transaction open on the loop's connection (a COMMIT that said busy keeps
+        it open): roll back, or drop the connection."""
+        try:
+            if self._raw.in_transaction:
+                self._raw.rollback()
+        except Exception:  # noqa: BLE001 - a fresh connection next time
+            self.close()
+
+    def _in_thread(self, op, *args: Any, **kw: Any) -> Any:
+        with self.w.begin() as conn:
+            return op(conn, *args, **kw)
+
+    def _read_in_thread(self, op, *args: Any) -> Any:
+        with self.engine.connect() as conn:
+            return op(conn, *args)
+
+    def _loop_conn(self):
+        if self._conn is None or self._conn.closed:
+            conn = self.engine.connect()  # not writer(): its BEGIN IMMEDIATE could wait
+            self._raw = conn.connection.dbapi_connection
+            self._raw.execute("PRAGMA busy_timeout=0")
+            conn.detach()  # never back in the pool (with busy_timeout 0): closed with this Store
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        """Close the loop's connection (the next ``run`` makes a new one)."""
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
+
+    # -- the transactions ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _op_get(conn, setl_id: str) -> dict | None:
+        row = conn.execute(_BY_ID, {"b_setl_id": setl_id}).first()
+        return dict(row._mapping) if row else None
+
+    @staticmethod
+    def _op_insert_or_get(conn, values: dict) -> tuple[dict, bool]:
+        row = conn.execute(_BY_KEY, {"b_fixmedins_code": values["fixmedins_code"],
+                                     "b_request_key": values["request_key"]}).first()
+        if row is not None:
+            return dict(row._mapping), False
+        conn.execute(_INSERT, values)
+        return {**_EMPTY_ROW, **values}, True
+
+    def _op_claim(self, conn, setl_id: str, runner: str) -> dict | None:
+        now = time.time()
+        done = conn.execute(_CLAIM, {"b_setl_id": setl_id, "b_runner": runner, "b_now": now,
+                                     "runner": runner, "run_until": now + self.lease})
+        if done.rowcount != 1:
+            return None
+        return dict(conn.execute(_BY_ID, {"b_setl_id": setl_id}).one()._mapping)
+
+    @staticmethod
+    def _op_write(conn, row: dict, values: dict, release_person: bool, msgid: str | None,
+                  take_person: tuple[str, float] | None = None) -> dict | None:
+        """With ``take_person`` (key, ttl): only if the person lease is had (else None)."""
+        if take_person is not None and not Store._op_take_person(conn, take_person[0], row["setl_id"],
+                                                                 take_person[1]):
+            return None
+        if msgid is not None:
+            conn.execute(_INSERT_MSGID, {"msgid": msgid, "setl_id": row["setl_id"]})
+        done = conn.execute(_UPDATE_MINE, {**values, "b_setl_id": row["setl_id"], "b_runner": row["runner"]})
+        if done.rowcount != 1:
+            raise RunnerLost(row["setl_id"])
+        if release_person:
+            conn.execute(_RELEASE, {"b_holder": row["setl_id"]})
+        return {**row, **values}
+
+    @staticmethod
+    def _op_take_person(conn, key: str, holder: str, ttl: float) -> bool:
+        now = time.time()
+        done = conn.execute(_TAKE, {"b_key": key, "b_holder": holder, "b_now": now, "holder": holder,
+                                    "until": now + ttl})
+        if done.rowcount == 1:
+            return True
+        if conn.execute(_LEASE_HOLDER, {"b_key": key}).first():
+            return False
+        conn.execute(_INSERT_LEASE, {"person_key": key, "holder": holder, "until": now + ttl})
+        return True
+
+    @staticmethod
+    def _op_release_person(conn, holder: str) -> None:
+        conn.execute(_RELEASE, {"b_holder": holder})
+
+    @staticmethod
+    def _op_due(conn, runner: str, limit: int) -> list[str]:
+        return [r.setl_id for r in conn.execute(_DUE, {"b_runner": runner, "b_now": time.time(), "b_limit": limit})]
+
+    def _stamp(self, values: dict) -> dict:
+        return {**values, "updated_at": utcnow(), "run_until": time.time() + self.lease}
+
+    # -- the same, asynchronous (from the event loop) -------------------------------------------
+
+    async def aget(self, setl_id: str) -> dict | None:
+        return await self.read(self._op_get, setl_id)
+
+    async def ainsert_or_get(self, values: dict) -> tuple[dict, bool]:
+        try:
+            return await self.run(self._op_insert_or_get, values)
+        except IntegrityError:  # PostgreSQL: a concurrent insert of the same key won
+            row = await self.read(self._op_by_key, values)
+            return row, False
+
+    @staticmethod
+    def _op_by_key(conn, values: dict) -> dict:
+        return dict(conn.execute(_BY_KEY, {"b_fixmedins_code": values["fixmedins_code"],
+                                           "b_request_key": values["request_key"]}).one()._mapping)
+
+    async def aclaim(self, setl_id: str, runner: str) -> dict | None:
+        return await self.run(self._op_claim, setl_id, runner)
+
+    async def awrite(self, row: dict, values: dict, *, release_person: bool = False, msgid: str | None = None,
+                     take_person: tuple[str, float] | None = None) -> dict | None:
+        return await self.run(self._op_write, row, self._stamp(values), release_person, msgid, take_person)
+
+    async def atake_person(self, key: str, holder: str, ttl: float) -> bool:
+        try:
+            return await self.run(self._op_take_person, key, holder, ttl)
+        except IntegrityError:
+            return False
+
+    async def arelease_person(self, holder: str) -> None:
+        await self.run(self._op_release_person, holder)
+
+    async def adue(self, runner: str, exclude: set[str], limit: int = 1000) -> list[str]:
+        return [s for s in await self.read(self._op_due, runner, limit) if s not in exclude]
+
+    # -- synchronous (any thread) -----------------------------------------------------------------
 
     def get(self, setl_id: str) -> dict | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(T).where(T.c.setl_id == setl_id)).first()
-        return dict(row._mapping) if row else None
+        return self._read_in_thread(self._op_get, setl_id)
 
     def insert_or_get(self, values: dict) -> tuple[dict, bool]:
         """Insert a new settlement, or return the one of the same hospital + request_key."""
-        where = (T.c.fixmedins_code == values["fixmedins_code"]) & (T.c.request_key == values["request_key"])
         try:
-            with self.w.begin() as conn:
-                row = conn.execute(select(T).where(where)).first()
-                if row is not None:
-                    return dict(row._mapping), False
-                conn.execute(insert(T).values(**values))
-                return values, True
+            return self._in_thread(self._op_insert_or_get, values)
         except IntegrityError:  # PostgreSQL: a concurrent insert of the same key won
-            with self.engine.connect() as conn:
-                return dict(conn.execute(select(T).where(where)).one()._mapping), False
+            return self._read_in_thread(self._op_by_key, values), False
 
     def claim(self, setl_id: str, runner: str) -> dict | None:
         """Take or renew the runner lease; None when final or driven by another runner."""
-        now = time.time()
-        with self.w.begin() as conn:
-            done = conn.execute(update(T).where(
-                T.c.setl_id == setl_id, T.c.state.not_in(FINAL),
-                or_(T.c.runner.is_(None), T.c.runner == runner, T.c.run_until < now),
-            ).values(runner=runner, run_until=now + self.lease))
-            if done.rowcount != 1:
-                return None
-            return dict(conn.execute(select(T).where(T.c.setl_id == setl_id)).one()._mapping)
+        return self._in_thread(self._op_claim, setl_id, runner)
 
     def write(self, row: dict, values: dict, *, release_person: bool = False, msgid: str | None = None) -> dict:
         """Update the settlement (only if ``row['runner']`` still drives it); optionally record
         a new 2207 msgid (IntegrityError when another process used it) and release the person."""
-        now = time.time()
-        values = {**values, "updated_at": utcnow(), "run_until": now + self.lease}
-        with self.w.begin() as conn:
-            if msgid is not None:
-                conn.execute(insert(MSGIDS).values(msgid=msgid, setl_id=row["setl_id"]))
-            done = conn.execute(update(T).where(T.c.setl_id == row["setl_id"], T.c.runner == row["runner"])
-                                .values(**values))
-            if done.rowcount != 1:
-                raise RunnerLost(row["setl_id"])
-            if release_person:
-                conn.execute(delete(LEASE).where(LEASE.c.holder == row["setl_id"]))
-        return {**row, **values}
+        return self._in_thread(self._op_write, row, self._stamp(values), release_person, msgid)
 
     def take_person(self, key: str, holder: str, ttl: float) -> bool:
         """The person lease for ``holder``: free, lapsed or already its own -> True."""
-        now = time.time()
         try:
-            with self.w.begin() as conn:
-                done = conn.execute(update(LEASE).where(
-                    LEASE.c.person_key == key, or_(LEASE.c.holder == holder, LEASE.c.until < now),
-                ).values(holder=holder, until=now + ttl))
-                if done.rowcount == 1:
-                    return True
-                if conn.execute(select(LEASE.c.holder).where(LEASE.c.person_key == key)).first():
-                    return False
-                conn.execute(insert(LEASE).values(person_key=key, holder=holder, until=now + ttl))
-                return True
+            return self._in_thread(self._op_take_person, key, holder, ttl)
         except IntegrityError:
             return False
 
     def release_person(self, holder: str) -> None:
-        with self.w.begin() as conn:
-            conn.execute(delete(LEASE).where(LEASE.c.holder == holder))
+        self._in_thread(self._op_release_person, holder)
 
     def due(self, runner: str, exclude: set[str], limit: int = 1000) -> list[str]:
         """Non-final settlements nobody drives (lease lapsed or this runner's)."""
-        now = time.time()
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(T.c.setl_id).where(
-                T.c.state.not_in(FINAL), or_(T.c.runner.is_(None), T.c.runner == runner, T.c.run_until < now),
-            ).order_by(T.c.next_at).limit(limit)).all()
-        return [r.setl_id for r in rows if r.setl_id not in exclude]
+        return [s for s in self._read_in_thread(self._op_due, runner, limit) if s not in exclude]
 
 
-class PlatformShards:
-    """Several PlatformClients used in turn, each with a small connection pool: httpcore scans
-    every pooled connection (a poll() each) at every request, so one pool of 200 connections
-    costs more CPU than the rest of a settlement. Same methods as PlatformClient."""
+class PlatformShards(PlatformClient):
+    """What ``settlement.api`` gives the service: now just a ``PlatformClient`` (which splits
+    its connection pool itself, see ``platform._Lanes``); ``app.state.platform`` would do as
+    well."""
 
-    def __init__(self, urls: Mapping[str, str], shards: int = 8, per_shard: int = 32):
-        self.clients = [PlatformClient(urls, max_connections=per_shard) for _ in range(shards)]
-        self._turn = 0
-
-    def __getattr__(self, name: str) -> Any:
-        self._turn = (self._turn + 1) % len(self.clients)
-        return getattr(self.clients[self._turn], name)
-
-    async def aclose(self) -> None:
-        for client in self.clients:
-            await client.aclose()
+    def __init__(self, urls: Mapping[str, str], **kwargs: Any):
+        super().__init__(urls, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,10 +480,11 @@ class SettlementService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.store.close()
 
     async def sweep(self) -> int:
         """Start a driver for every non-final settlement nobody drives; returns how many."""
-        due = await asyncio.to_thread(self.store.due, self.runner, set(self.tasks))
+        due = await self.store.adue(self.runner, set(self.tasks))
         for setl_id in due:
             self.spawn(setl_id)
         return len(due)
@@ -347,10 +497,12 @@ class SettlementService:
             except Exception:  # a database hiccup: try again next time
                 log.exception("settlement sweep failed")
 
-    def spawn(self, setl_id: str) -> asyncio.Task:
+    def spawn(self, setl_id: str, claimed: dict | None = None) -> asyncio.Task:
+        """The driver of ``setl_id`` (started unless running). ``claimed``: its row, just
+        inserted with this runner's lease (no claim needed)."""
         task = self.tasks.get(setl_id)
         if task is None or task.done():
-            task = asyncio.create_task(self._drive(setl_id))
+            task = asyncio.create_task(self._drive(setl_id, claimed))
             self.tasks[setl_id] = task
             task.add_done_callback(lambda t, s=setl_id: self.tasks.get(s) is t and self.tasks.pop(s))
         return task
@@ -386,10 +538,10 @@ class SettlementService:
         """
         raw, request, hospital = parse_body(body, self.reference)
         check_platform(party, hospital.province)
-        row, created = await asyncio.to_thread(self.store.insert_or_get, self._new_row(raw, request, hospital))
+        row, created = await self.store.ainsert_or_get(self._new_row(raw, request, hospital))
         if not created and row["body_digest"] != digest(raw):
             raise Conflict("this request_key was used with another body", code="REQUEST_KEY_REUSED")
-        return await self._answer_after(row, self.options.wait)
+        return await self._answer_after(row, self.options.wait, claimed=created)
 
     async def get(self, party: Party, setl_id: str) -> dict:
         row = await self._row(setl_id)
@@ -401,7 +553,7 @@ class SettlementService:
         row = await self._row(setl_id)
         check_platform(party, row["mdtrtarea"])
         if row["state"] == "settled":
-            await asyncio.to_thread(self._request_void, row)
+            await self.store.run(self._op_request_void, row["setl_id"], self._msgid(row["fixmedins_code"]))
             row = await self._row(setl_id)
         elif row["state"] not in ("voiding", "voided"):
             raise Conflict(f"settlement {setl_id} is {STATUS_OF_STATE[row['state']]}, not settled",
@@ -411,7 +563,7 @@ class SettlementService:
     # -- helpers of the calls -------------------------------------------------------------------
 
     async def _row(self, setl_id: str) -> dict:
-        row = await asyncio.to_thread(self.store.get, setl_id)
+        row = await self.store.aget(setl_id)
         if row is None:
             raise NotFound(f"no settlement {setl_id}")
         return row
@@ -427,18 +579,21 @@ class SettlementService:
                 "deadline": time.time() + self.options.give_up, "runner": self.runner,
                 "run_until": time.time() + self.options.runner_lease, "created_at": now, "updated_at": now}
 
-    def _request_void(self, row: dict) -> None:
+    @staticmethod
+    def _op_request_void(conn, setl_id: str, void_msgid: str) -> None:
         """Mark a settled settlement ``voiding`` (whoever drives it next sends the 2208)."""
-        with self.store.w.begin() as conn:
-            conn.execute(update(T).where(T.c.setl_id == row["setl_id"], T.c.state == "settled").values(
-                state="voiding", void_msgid=self._msgid(row["fixmedins_code"]), next_at=0.0, attempts=0,
-                runner=None, run_until=0.0, updated_at=utcnow()))
+        conn.execute(update(T).where(T.c.setl_id == setl_id, T.c.state == "settled").values(
+            state="voiding", void_msgid=void_msgid, next_at=0.0, attempts=0, runner=None, run_until=0.0,
+            updated_at=utcnow()))
 
-    async def _answer_after(self, row: dict, wait: float) -> tuple[int, dict]:
+    async def _answer_after(self, row: dict, wait: float, claimed: bool = False) -> tuple[int, dict]:
         if row["state"] not in FINAL:
-            task = self.spawn(row["setl_id"])
-            await asyncio.wait({task}, timeout=wait)
-            row = await asyncio.to_thread(self.store.get, row["setl_id"])
+            task = self.spawn(row["setl_id"], row if claimed else None)
+            done, _ = await asyncio.wait({task}, timeout=wait)
+            final = task.result() if done and not task.cancelled() else None
+            # The driver's last row is what it committed; read the database only when it did
+            # not finish (pending) or stopped without a final state.
+            row = final if final is not None and final["state"] in FINAL else await self.store.aget(row["setl_id"])
         if row["state"] == "invalid":
             refusal = orjson.loads(row["refusal"])
             raise Unprocessable(refusal["message"], code=refusal["code"])
@@ -483,32 +638,36 @@ class SettlementService:
 
     # -- the driver -----------------------------------------------------------------------------
 
-    async def _drive(self, setl_id: str) -> None:
-        """Drive one settlement until it is final or another runner takes it."""
+    async def _drive(self, setl_id: str, claimed: dict | None = None) -> dict | None:
+        """Drive one settlement until it is final or another runner takes it; returns the last
+        row it wrote (final), None when it stopped otherwise."""
+        row = None
         try:
             fresh = False
-            row = await asyncio.to_thread(self.store.claim, setl_id, self.runner)
+            row = claimed if claimed is not None else await self.store.aclaim(setl_id, self.runner)
             while row is not None and row["state"] not in FINAL:
                 delay = row["next_at"] - time.time()
                 if delay > 0:
                     await asyncio.sleep(min(delay, self.options.runner_lease / 3))
-                    row = await asyncio.to_thread(self.store.claim, setl_id, self.runner)
+                    row = await self.store.aclaim(setl_id, self.runner)
                     continue
                 if row["run_until"] - time.time() < self.options.runner_lease / 2:
-                    row = await asyncio.to_thread(self.store.claim, setl_id, self.runner)
+                    row = await self.store.aclaim(setl_id, self.runner)
                     continue
                 step = {"received": self._step_received, "sending": self._step_sending,
                         "reversing": self._step_reversing, "voiding": self._step_voiding}[row["state"]]
                 row, fresh = await step(row, fresh)
+            return row
         except RunnerLost:
             log.info("settlement %s: taken over by another runner", setl_id)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("settlement %s: driver failed; the sweep resumes it", setl_id)
+        return None
 
     async def _write(self, row: dict, values: dict, **kw: Any) -> dict:
-        return await asyncio.to_thread(self.store.write, row, values, **kw)
+        return await self.store.awrite(row, values, **kw)
 
     async def _finish(self, row: dict, state: str, **values: Any) -> tuple[dict, bool]:
         values = {"state": state, "finished_at": utcnow(), "next_at": 0.0, **values}
@@ -538,13 +697,12 @@ class SettlementService:
         waited = lock.locked()
         async with lock:
             try:
-                while not await asyncio.to_thread(self.store.take_person, key, row["setl_id"],
-                                                  self.options.person_lease):
+                while not await self.store.atake_person(key, row["setl_id"], self.options.person_lease):
                     waited = True
                     await asyncio.sleep(0.05)
                 yield waited
             except BaseException:
-                await asyncio.shield(asyncio.to_thread(self.store.release_person, row["setl_id"]))
+                await asyncio.shield(self.store.arelease_person(row["setl_id"]))
                 raise
             finally:
                 if not lock._waiters:  # noqa: SLF001 - forget idle persons

@@ -1,7 +1,8 @@
 """Simulated insurance platforms of the four provinces: real HTTP servers with fault injection.
 
-One ``ThreadingHTTPServer`` per province (a thread per connection, a listen backlog of 1024, so 200
-and more concurrent calls are served at once), implementing every transaction of
+One HTTP/1.1 server per province, all four served by one asyncio event loop in a background
+thread (a listen backlog of 1024; a fixed latency or slow answer is a non-blocking wait, so
+hundreds of concurrent calls are served at once), implementing every transaction of
 ``world/insurer-api.md`` with its per-province behaviour:
 
 - SH, JS, ZJ keep each ``msgid`` for 72 h: the same ``msgid`` and input returns the first answer
@@ -30,6 +31,7 @@ back, and the ledger can be written to a JSON file after every change.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import itertools
 import json
@@ -41,13 +43,12 @@ import signal
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -716,115 +717,244 @@ class Platform:
 
 
 # ---------------------------------------------------------------------------------------------
-# HTTP
+# HTTP (asyncio: one event loop in one thread serves every connection of the four platforms)
 # ---------------------------------------------------------------------------------------------
 
 API_PATH = re.compile(r"/api/(\d{4})")
+IDLE_TIMEOUT = 120.0  # an idle keep-alive connection is closed after this
+MAX_HEAD = 64 * 1024
+MAX_BODY = 16 * 1024 * 1024
+JSON_TYPE = "application/json; charset=utf-8"
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 1024  # the listen backlog: 200+ clients connect at once
-    allow_reuse_address = True
+class _BadRequest(Exception):
+    """A request the server cannot read: answered 400, then the connection is closed."""
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    keep_alive: bool
+
+
+@dataclass
+class _Response:
+    status: int
+    body: bytes = b""
+    content_type: str = JSON_TYPE
+    headers: dict[str, str] = field(default_factory=dict)
+    reset: bool = False  # close with a TCP RST instead of answering
+
+    def encode(self, keep_alive: bool) -> bytes:
+        """Status line, headers and body as one buffer: one send, so Nagle's algorithm and the
+        client's delayed ACK never hold the body back."""
+        try:
+            reason = HTTPStatus(self.status).phrase
+        except ValueError:
+            reason = ""
+        lines = [f"HTTP/1.1 {self.status} {reason}", f"Content-Type: {self.content_type}",
+                 f"Content-Length: {len(self.body)}", *(f"{k}: {v}" for k, v in self.headers.items())]
+        if not keep_alive:
+            lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+
+
+def _json(status: int, value: Any) -> _Response:
+    return _Response(status, orjson.dumps(value))
+
+
+def _abort_with_reset(transport: asyncio.BaseTransport) -> None:
+    """Close with a TCP RST (SO_LINGER 0): the client sees 'connection reset', no answer."""
+    sock = transport.get_extra_info("socket")
+    try:
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    transport.abort()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
+    """The next request of a keep-alive connection; None when the client closed it."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial.strip():
+            raise _BadRequest("incomplete request head") from None
+        return None
+    except asyncio.LimitOverrunError:
+        raise _BadRequest("request head too long") from None
+    lines = head.decode("latin-1").split("\r\n")
+    try:
+        method, target, version = lines[0].split(" ")
+    except ValueError:
+        raise _BadRequest("bad request line") from None
+    if not version.startswith("HTTP/1."):
+        raise _BadRequest("not HTTP/1.x")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise _BadRequest("bad header line")
+        headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = await _read_chunked(reader)
+    else:
+        try:
+            length = int(headers.get("content-length") or 0)
+        except ValueError:
+            raise _BadRequest("bad Content-Length") from None
+        if not 0 <= length <= MAX_BODY:
+            raise _BadRequest("bad Content-Length")
+        body = await reader.readexactly(length) if length else b""
+    connection = headers.get("connection", "").lower()
+    keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+    return _Request(method, urlsplit(target).path, headers, body, keep_alive)
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    parts, size = [], 0
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        try:
+            length = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise _BadRequest("bad chunk size") from None
+        if length == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
+                pass
+            return b"".join(parts)
+        size += length
+        if size > MAX_BODY:
+            raise _BadRequest("body too large")
+        parts.append(await reader.readexactly(length))
+        await reader.readexactly(2)
+
+
+class _Server:
+    """One province's platform over HTTP/1.1 with keep-alive, on the simulators' event loop.
+
+    The listening socket is bound at construction (OSError when the port is taken, listen
+    backlog 1024: 200 and more clients connect at once); ``start`` serves it on the loop. Fixed
+    latency and slow answers are non-blocking waits, so any number of calls wait at once.
+    """
+
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], platform: Platform):
         self.platform = platform
-        self.connections: set[socket.socket] = set()
-        self.conn_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(address)
+            self.socket.listen(self.request_queue_size)
+            self.socket.setblocking(False)
+        except OSError:
+            self.socket.close()
+            raise
+        self.server_address = self.socket.getsockname()
+        self.connections: set[asyncio.Transport] = set()
+        self.tasks: set[asyncio.Task] = set()
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connection, sock=self.socket,
+                                                  backlog=self.request_queue_size, limit=MAX_HEAD)
+
+    async def close(self) -> None:
+        """Stop listening, drop every connection, end every handler."""
+        if self._server is not None:
+            self._server.close()
+        else:
+            self.socket.close()
+        self.drop_connections()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
 
     def drop_connections(self) -> None:
-        with self.conn_lock:
-            for conn in list(self.connections):
+        for transport in list(self.connections):
+            transport.abort()
+
+    # -- one connection --------------------------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        transport = writer.transport
+        task = asyncio.current_task()
+        self.connections.add(transport)
+        if task is not None:
+            self.tasks.add(task)
+        try:
+            while True:
                 try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                    async with asyncio.timeout(IDLE_TIMEOUT):
+                        request = await _read_request(reader)
+                except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+                    return
+                except _BadRequest as exc:
+                    writer.write(_json(400, {"error": str(exc)}).encode(keep_alive=False))
+                    return
+                if request is None:
+                    return
+                response = await self._route(request)
+                if response.reset:
+                    _abort_with_reset(transport)
+                    return
+                writer.write(response.encode(request.keep_alive))
+                if not request.keep_alive:
+                    return
+                try:
+                    await writer.drain()
+                except ConnectionError:  # the client went away (it timed out): nothing to tell it
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: connection failed", self.platform.province)
+        finally:
+            self.connections.discard(transport)
+            if task is not None:
+                self.tasks.discard(task)
+            if not transport.is_closing():
+                transport.close()
 
+    # -- routes ----------------------------------------------------------------------------------
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the hub's pooled client expects
-    timeout = 120  # an idle keep-alive connection is closed after this
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.conn_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.conn_lock:
-            self.server.connections.discard(self.connection)
-        try:
-            super().finish()
-        except OSError:
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s %s", self.server.platform.province, format % args)
-
-    # -- plumbing ------------------------------------------------------------------------------
-
-    def _send(self, status: int, body: bytes, content_type: str = "application/json; charset=utf-8",
-              headers: dict[str, str] | None = None) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:  # the client went away (it timed out): nothing to tell it
-            self.close_connection = True
-
-    def _reset(self) -> None:
-        """Close with a TCP RST (SO_LINGER 0): the client sees 'connection reset', no answer."""
-        self.close_connection = True
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
-        except OSError:
-            pass
-
-    def _json(self, status: int, value: Any) -> None:
-        self._send(status, orjson.dumps(value))
-
-    # -- routes --------------------------------------------------------------------------------
-
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        platform = self.server.platform
-        views: dict[str, Callable[[], Any]] = {
-            "/_sim/ledger": platform.ledger_copy,
-            "/_sim/received": lambda: list(platform.received),
-            "/_sim/health": lambda: {"province": platform.province, "ok": True},
-        }
-        view = views.get(urlsplit(self.path).path)
-        if view is None:
-            self._json(404, {"error": "not found"})
-        else:
-            self._json(200, view())
-
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        path = urlsplit(self.path).path
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if path == "/_sim/faults":
-            return self._control_faults(body)
-        match = API_PATH.fullmatch(path)
-        platform = self.server.platform
+    async def _route(self, request: _Request) -> _Response:
+        platform = self.platform
+        log.debug("%s %s %s", platform.province, request.method, request.path)
+        if request.method == "GET":
+            views: dict[str, Callable[[], Any]] = {
+                "/_sim/ledger": platform.ledger_copy,
+                "/_sim/received": lambda: list(platform.received),
+                "/_sim/health": lambda: {"province": platform.province, "ok": True},
+            }
+            view = views.get(request.path)
+            return _json(404, {"error": "not found"}) if view is None else _json(200, view())
+        if request.method != "POST":
+            return _json(501, {"error": "unsupported method"})
+        if request.path == "/_sim/faults":
+            return self._control_faults(request.body)
+        match = API_PATH.fullmatch(request.path)
         if match is None or match.group(1) not in platform.handlers:
-            return self._json(404, {"infcode": -1, "err_msg": "未知交易", "output": {"err_code": "NO_SUCH_INFNO"}})
+            return _json(404, {"infcode": -1, "err_msg": "未知交易", "output": {"err_code": "NO_SUCH_INFNO"}})
         with platform.in_flight_call():
-            self._api(platform, match.group(1), body)
+            return await self._api(platform, match.group(1), request.body)
 
-    def _control_faults(self, body: bytes) -> None:
+    def _control_faults(self, body: bytes) -> _Response:
         try:
-            self.server.platform.set_faults(**(orjson.loads(body) if body else {}))
+            self.platform.set_faults(**(orjson.loads(body) if body else {}))
         except (TypeError, ValueError) as exc:
-            return self._json(400, {"error": str(exc)})
-        self._json(200, {"ok": True})
+            return _json(400, {"error": str(exc)})
+        return _json(200, {"ok": True})
 
-    def _api(self, platform: Platform, infno: str, body: bytes) -> None:
+    async def _api(self, platform: Platform, infno: str, body: bytes) -> _Response:
         platform.note_received(infno, body)
         plan, faults = platform.plan(), platform.faults
         status, processed_first = (503, False) if plan.maintenance else BUSY_FAULTS.get(plan.kind, (0, False))
@@ -833,23 +963,24 @@ class _Handler(BaseHTTPRequestHandler):
                 self._process(platform, infno, body)
             retry = faults.retry_after if faults.retry_after is not None else (60 if plan.maintenance else None)
             headers = {"Retry-After": str(retry)} if retry is not None else {}
-            return self._send(status, "系统繁忙或维护中，请稍后再试".encode(), "text/plain; charset=utf-8", headers)
+            return _Response(status, "系统繁忙或维护中，请稍后再试".encode(), "text/plain; charset=utf-8", headers)
         if plan.kind == "reset":
-            return self._reset()
+            return _Response(0, reset=True)
         if faults.latency_ms:
-            time.sleep(faults.latency_ms / 1000)
+            await asyncio.sleep(faults.latency_ms / 1000)
         if plan.slow and faults.slow_before_processing:
-            time.sleep(faults.slow_ms / 1000)
+            await asyncio.sleep(faults.slow_ms / 1000)
         status, answer = self._process(platform, infno, body)
         if plan.slow and not faults.slow_before_processing:
-            time.sleep(faults.slow_ms / 1000)
+            await asyncio.sleep(faults.slow_ms / 1000)
         if plan.kind == "drop":
-            return self._reset()
+            return _Response(0, reset=True)
         if plan.kind == "non_json":
-            return self._send(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
-        self._json(status, answer)
+            return _Response(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
+        return _json(status, answer)
 
-    def _process(self, platform: Platform, infno: str, body: bytes) -> tuple[int, dict]:
+    @staticmethod
+    def _process(platform: Platform, infno: str, body: bytes) -> tuple[int, dict]:
         """Decode the envelope and run the transaction; a malformed envelope is 400."""
         try:
             envelope = orjson.loads(body)
@@ -871,17 +1002,32 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class Simulators:
-    """The four running platforms. ``urls[province]`` is each base URL."""
+    """The four running platforms, served by one event loop in a background thread.
+    ``urls[province]`` is each base URL."""
 
     def __init__(self, world: World, servers: dict[str, _Server], host: str):
         self.world, self.servers = world, servers
         self.platforms = {p: s.platform for p, s in servers.items()}
         self.urls = {p: f"http://{host}:{s.server_address[1]}" for p, s in servers.items()}
-        # A short poll interval: stopping (tests start and stop them often) takes ~50 ms.
-        self._threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.05},
-                                          name=f"sim-{p}", daemon=True) for p, s in servers.items()]
-        for thread in self._threads:
-            thread.start()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="simulators", daemon=True)
+        self._thread.start()
+        self._stopped = False
+        try:
+            self._on_loop(self._start_all(), timeout=10)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _on_loop(self, coro, timeout: float) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _start_all(self) -> None:
+        for server in self.servers.values():
+            await server.start()
+
+    async def _close_all(self) -> None:
+        await asyncio.gather(*(server.close() for server in self.servers.values()), return_exceptions=True)
 
     def env(self) -> dict[str, str]:
         """The hub's configuration for these platforms: ``YRDHUB_INSURER_SH_URL`` and so on."""
@@ -925,12 +1071,21 @@ class Simulators:
             return copy.deepcopy(found)
 
     def stop(self) -> None:
+        """Stop listening, drop every connection (clients see them closed), end the loop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._loop.is_running():
+            try:
+                self._on_loop(self._close_all(), timeout=5)
+            except Exception:  # noqa: BLE001 - stopping anyway
+                log.exception("stopping the simulators")
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
         for server in self.servers.values():
-            server.shutdown()
-            server.server_close()
-            server.drop_connections()
-        for thread in self._threads:
-            thread.join(timeout=5)
+            server.socket.close()
 
     def __enter__(self) -> Simulators:
         return self
@@ -942,7 +1097,7 @@ class Simulators:
 def start_simulators(ports: dict[str, int] | None = None, persons_path: str | Path | None = None, *,
                      host: str = "127.0.0.1", clock: Callable[[], datetime] | None = None,
                      ledger_path: str | Path | None = None) -> Simulators:
-    """Start the four platforms in background threads and return them running.
+    """Start the four platforms (one event loop in a background thread) and return them running.
 
     ``ports``: province -> port; absent or 0 picks a free port. ``persons_path``: the persons to
     seed (default ``fixtures/persons.json``). ``clock``: the platforms' "now" (+08:00), for the
@@ -959,7 +1114,7 @@ def start_simulators(ports: dict[str, int] | None = None, persons_path: str | Pa
             servers[province] = _Server((host, (ports or {}).get(province, 0)), platform)
     except OSError:
         for server in servers.values():
-            server.server_close()
+            server.socket.close()
         raise
     return Simulators(world, servers, host)
 
