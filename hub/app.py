@@ -68,20 +68,33 @@ async def start_platform(app: FastAPI):
     return stop
 
 
-def _route_label(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", "unmatched")
+class MetricsMiddleware:
+    """Counts and times every HTTP request by route template (a plain ASGI middleware: Starlette's
+    ``@app.middleware("http")`` kind costs a task and a stream per request)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), {"code": 500}
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.REQUESTS.labels(scope["method"], route, str(status["code"])).inc()
+            metrics.LATENCY.labels(scope["method"], route).observe(time.perf_counter() - start)
 
 
 def _install_operating(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def _measure(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        label = _route_label(request)
-        metrics.REQUESTS.labels(request.method, label, str(response.status_code)).inc()
-        metrics.LATENCY.labels(request.method, label).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(MetricsMiddleware)
 
     @app.get("/metrics")
     def _metrics() -> Response:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 
@@ -57,15 +59,30 @@ def lookup(engine: Engine, token: str) -> Party | None:
     return Party(row.kind, row.subject)
 
 
-def bearer_party(request: Request) -> Party:
+# Known tokens, by hash, for a short while: a look-up per request would send every request
+# through a thread for the database. A revoked token stops working within CACHE_SECONDS.
+CACHE_SECONDS = 30.0
+_cache: dict[tuple[int, str], tuple[float, Party]] = {}
+
+
+async def bearer_party(request: Request) -> Party:
     """FastAPI dependency: the party behind ``Authorization: Bearer``; 401 otherwise."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("a bearer token is required")
-    party = lookup(request.app.state.engine, token.strip())
-    if party is None:
-        raise Unauthenticated("unknown or revoked token")
+    engine = request.app.state.engine
+    key = (id(engine), hash_token(token.strip()))
+    cached = _cache.get(key)
+    if cached is not None and cached[0] > time.monotonic():
+        party = cached[1]
+    else:
+        party = await run_in_threadpool(lookup, engine, token.strip())
+        if party is None:
+            raise Unauthenticated("unknown or revoked token")
+        if len(_cache) > 10000:
+            _cache.clear()
+        _cache[key] = (time.monotonic() + CACHE_SECONDS, party)
     request.state.party = party
     return party
 

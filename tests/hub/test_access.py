@@ -22,11 +22,11 @@ ZJ_H, SH_H, OTHER = "H33042100015", "H31010400007", "H31011800012"
 FULL_VALUES = (RID, "13857300000", "13812345678", "罗星街道", "漕溪北路")
 
 
-def zj_visit(when: datetime) -> bytes:
+def zj_visit(when: datetime, code: str = "F32.900", name: str = "抑郁发作") -> bytes:
     doc = json.loads((FIXTURES / "zj" / "upload_basic.json").read_bytes())
     visit = doc["jzjl"][0]
     visit["jzsj"] = when.astimezone(CST).strftime("%Y-%m-%d %H:%M:%S")
-    visit["zdxx"].append({"zdlx": "2", "zddm": "F32.900", "zdmc": "抑郁发作",
+    visit["zdxx"].append({"zdlx": "2", "zddm": code, "zdmc": name,
                           "zdsj": when.astimezone(CST).strftime("%Y-%m-%d %H:%M")})
     return json.dumps(doc, ensure_ascii=False).encode()
 
@@ -230,3 +230,25 @@ def test_consent_rule_in_sql_and_in_python_agree(hub):
             python = {f"{p}-{c}" for p, c in itertools.product(provinces, categories)
                       if access.consent_allows(choices, reader, p, c)}
             assert sql == python, (flags, reader)
+
+
+@pytest.mark.parametrize("category,code,name", [
+    ("mental", "F20.000", "精神分裂症"), ("hiv", "B20.000", "HIV病导致的分枝杆菌感染"),
+    ("sti", "A51.000", "原发性生殖器梅毒")])
+def test_each_sensitive_category_both_ways(hub, category, code, name):
+    now = datetime.now(timezone.utc)
+    with hub.client(hub.token("hospital", ZJ_H)) as c:
+        assert c.post("/ingest/zj", content=zj_visit(now - timedelta(days=1), code, name)).status_code == 200
+    with hub.client(hub.token("hospital", SH_H)) as c:
+        assert b"MSA|AA" in c.post("/ingest/sh", content=sh_visit(SH_H, now)).content
+    with hub.client(hub.token("admin")) as admin:
+        pid = admin.get("/fhir/Patient", params={"identifier": f"{RESIDENT_ID_SYSTEM}|{RID}"}).json()["entry"][0]["resource"]["id"]
+    others = [c for c in ("mental", "hiv", "sti") if c != category]
+    with hub.client(hub.token("hospital", SH_H)) as sh:
+        codes, _, suppressed = conditions(sh, pid)
+        assert code not in codes and suppressed and name not in sh.get(f"/fhir/Patient/{pid}/$everything").text
+        set_choices(hub.engine, pid, SharingChoices(**{c: True for c in others}))
+        assert code not in conditions(sh, pid)[0]  # permission for the other two is not enough
+        set_choices(hub.engine, pid, SharingChoices(**{category: True}))
+        codes, _, suppressed = conditions(sh, pid)
+        assert code in codes and not suppressed
