@@ -77,9 +77,11 @@ class Decision:
         return list(self.scope)
 
     def shows(self, row) -> bool:
-        if self.choices is None or row.patient_id is None:
-            return True
-        return consent_allows(self.choices, self.province, row.province, row.sensitive)
+        province = row.province
+        if self.choices is None or row.patient_id is None or province is None \
+                or province == self.province:
+            return True  # the common case, decided without a call
+        return consent_allows(self.choices, self.province, province, row.sensitive)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,10 +288,19 @@ def everything(conn: Connection, engine, caller: Caller, patient_id: str) -> Ans
     rows = queries.patient_resources(conn, patient_id, [])
     if not rows or rows[0].res_type != "Patient":
         raise NotFound(f"Patient/{patient_id} is not known")
-    shown = [r for r in rows if decision.shows(r)]
-    hidden = frozenset(f"{r.res_type}/{r.res_id}" for r in rows if not decision.shows(r))
+    shown, hidden = _partition(decision, rows)
     _audit(conn, engine, caller, [patient_id], what, "allowed")
     return Answer(shown, len(shown), bool(hidden), caller, hidden, decision.masked)
+
+
+def _partition(decision: Decision, rows: list) -> tuple[list, frozenset]:
+    """The rows the caller may see, and the ``Type/id`` of those it may not (one pass)."""
+    if decision.choices is None:
+        return rows, frozenset()
+    shown, hidden = [], []
+    for row in rows:
+        (shown if decision.shows(row) else hidden).append(row)
+    return shown, frozenset(f"{r.res_type}/{r.res_id}" for r in hidden)
 
 
 def _search_audit(conn, engine, caller: Caller, params, count: int, offset: int) -> Answer:
