@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -61,24 +60,11 @@ def bill(person: dict, key: str) -> tuple[str, dict]:
 
 
 def start_hub(db_path: Path, sims_env: dict, port: int, extra_env: dict | None = None) -> subprocess.Popen:
-    """The hub as a subprocess (uvicorn, create_app from the environment); waits for /healthz."""
-    env = {**os.environ, **sims_env, "YRDHUB_DATABASE_URL": f"sqlite:///{db_path}", "YRDHUB_MLLP_PORT": "0",
-           "YRDHUB_MAP_WORKERS": "0", "YRDHUB_LOG_LEVEL": "WARNING", **(extra_env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "hub.app:create_app", "--host",
-                             "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError("hub exited at start")
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("hub did not start")
+    """The hub as a subprocess on a SQLite file (``bench.hubproc``); waits for /healthz."""
+    from bench import hubproc
+
+    return hubproc.start(f"sqlite:///{db_path}", port, 0,
+                         {**sims_env, "YRDHUB_MAP_WORKERS": "0", **(extra_env or {})})
 
 
 def tokens(db_path: Path) -> dict[str, str]:
