@@ -233,6 +233,9 @@ class _Batch:
             if t in MERGED_TYPES and earlier is not None:  # two records of one upload
                 r = {**orjson.loads(earlier["content"]), **orjson.loads(content)}
                 content = dumps(r)
+            elif t in PART_LISTS and earlier is not None:
+                r = _union_parts(t, orjson.loads(earlier["content"]), orjson.loads(content))
+                content = dumps(r)
             self.add(t, r["id"], r, owner, record.hospital, None if shared else pid, content,
                      self.origin.get(key))
 
@@ -260,7 +263,7 @@ class _Batch:
                            for t, ids in by_type.items()))
             for row in self.conn.execute(
                     select(R.c.res_type, R.c.res_id, R.c.version, R.c.content, R.c.deleted,
-                           R.c.last_updated, R.c.upload_id).where(wanted)):
+                           R.c.last_updated, R.c.upload_id, R.c.record_key).where(wanted)):
                 current[(row.res_type, row.res_id)] = row
         return current
 
@@ -274,6 +277,9 @@ class _Batch:
             old = current.get((t, i))
             if t in MERGED_TYPES and old is not None and not old.deleted:
                 resource = {**orjson.loads(old.content), **orjson.loads(values["content"])}
+                values["content"] = dumps(resource)
+            elif t in PART_LISTS:
+                resource = self._gathered(t, old, orjson.loads(values["content"]))
                 values["content"] = dumps(resource)
             if old is not None and old.content == values["content"] and not old.deleted:
                 continue
@@ -292,6 +298,17 @@ class _Batch:
             reindex.append((row.res_type, row.res_id))
             history.append(self._history(row.res_type, row.res_id, row))
         self._execute(inserts, updates, history, index, reindex)
+
+    def _gathered(self, t: str, old, new: dict) -> dict:
+        """``new`` with the part list gathered (see PART_LISTS)."""
+        if old is not None and not old.deleted:
+            new = _union_parts(t, orjson.loads(old.content), new)
+        element = PART_LISTS[t]
+        gone = {f"{r.res_type}/{r.res_id}" for r in self.retired}
+        if gone and new.get(element):
+            kept = [i for i in new[element] if i.get("reference") not in gone]
+            new = {**new, element: kept} if kept else {k: v for k, v in new.items() if k != element}
+        return new
 
     @staticmethod
     def _history(t: str, i: str, old) -> dict:
@@ -327,6 +344,21 @@ def _insert_index(conn: Connection, rows: list[dict]) -> None:
     sql = (f"INSERT INTO search_index ({', '.join(_INDEX_COLUMNS)}) "
            f"VALUES ({', '.join([mark] * len(_INDEX_COLUMNS))})")
     conn.exec_driver_sql(sql, [tuple(r[c] for c in _INDEX_COLUMNS) for r in rows])
+
+
+# Lists a report gathers when several records each bring part of it (Anhui sends a lab report
+# as rows, one record per row, possibly over several uploads): the stored list is the union of
+# what was sent, less what its records retired (a corrected HL7 report that drops a result
+# retires that Observation, so it leaves the list too).
+PART_LISTS = {"DiagnosticReport": "result"}
+
+
+def _union_parts(t: str, old: dict, new: dict) -> dict:
+    """``new`` with the part list of ``old`` kept: the union, old order first."""
+    element = PART_LISTS[t]
+    items = list(old.get(element, []))
+    items += [i for i in new.get(element, []) if i not in items]
+    return {**new, element: items} if items else new
 
 
 def _group_by_keys(rows: list[dict]) -> list[list[dict]]:

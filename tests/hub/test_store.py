@@ -109,3 +109,45 @@ def test_encounter_shared_by_two_records_accumulates_and_is_not_retired(db):
     body = orjson.loads(enc.content)
     assert not enc.deleted
     assert body["serviceType"] == {"text": "呼吸内科"} and "period" in body
+
+
+def lab_row(key: str, item: str) -> Record:
+    """One Anhui-style lab row: its own record, the shared report listing only this row."""
+    pat = {"resourceType": "Patient", "identifier": [{"system": RESIDENT_ID_SYSTEM, "value": RID}]}
+    report_id, obs_id = make_id("report", "R1"), make_id("obs", "R1", item)
+    return Record(key=key, hospital="H34010400001", patient=pat, resources=[
+        {"resourceType": "Observation", "id": obs_id, "status": "final",
+         "code": {"text": item}, "subject": {"reference": PATIENT_REF}},
+        {"resourceType": "DiagnosticReport", "id": report_id, "status": "final",
+         "code": {"text": "血常规"}, "subject": {"reference": PATIENT_REF},
+         "result": [{"reference": f"Observation/{obs_id}"}]}])
+
+
+def test_a_report_sent_in_parts_lists_every_part(db):
+    put(db, lab_row("R1|WBC", "WBC"))
+    put(db, lab_row("R1|HGB", "HGB"), lab_row("R1|PLT", "PLT"))
+    (report,) = current(db, "DiagnosticReport")
+    results = [r["reference"] for r in orjson.loads(report.content)["result"]]
+    assert results == [f"Observation/{make_id('obs', 'R1', i)}" for i in ("WBC", "HGB", "PLT")]
+
+
+def test_a_corrected_report_that_drops_a_result_drops_it_from_the_list(db):
+    first = lab_row("R1", "WBC")
+    extra_id = make_id("obs", "R1", "CRP")
+    first.resources.insert(1, {"resourceType": "Observation", "id": extra_id, "status": "final",
+                               "code": {"text": "CRP"}, "subject": {"reference": PATIENT_REF}})
+    first.resources[2]["result"].append({"reference": f"Observation/{extra_id}"})
+    put(db, first)
+    put(db, lab_row("R1", "WBC"))  # the same record, corrected: CRP gone
+    (report,) = current(db, "DiagnosticReport")
+    assert [r["reference"] for r in orjson.loads(report.content)["result"]] == [
+        f"Observation/{make_id('obs', 'R1', 'WBC')}"]
+
+
+def test_a_corrected_row_keeps_the_other_rows_in_the_report(db):
+    put(db, lab_row("R1|WBC", "WBC"), lab_row("R1|HGB", "HGB"))
+    corrected = lab_row("R1|HGB", "HGB")
+    corrected.resources[0]["valueString"] = "128"
+    put(db, corrected)
+    (report,) = current(db, "DiagnosticReport")
+    assert len(orjson.loads(report.content)["result"]) == 2
