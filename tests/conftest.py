@@ -116,8 +116,15 @@ def hub_server(engine, database_url):
     from hub.app import create_app
     from hub.config import Settings
 
+    from settlement import api as settlement_api
+    from settlement.transfer import start_transfers
+
     settings = Settings(database_url=database_url, mllp_port=0, log_json=True)
     app = create_app(settings)
+    # This hub lives for the whole session and shares its database with the settlement and
+    # transfer tests' own hubs; its workers (no platforms configured) would claim their work.
+    app.state.starters = [s for s in app.state.starters
+                          if s not in (settlement_api.start, start_transfers)]
     port = free_port()
     server = serve_in_thread(app, port)
     yield Hub(f"http://127.0.0.1:{port}", engine, app)
