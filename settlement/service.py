@@ -168,7 +168,10 @@ _TAKE = update(LEASE).where(LEASE.c.person_key == bindparam("b_key"),
                             or_(LEASE.c.holder == bindparam("b_holder"), LEASE.c.until < bindparam("b_now")))
 _LEASE_HOLDER = select(LEASE.c.holder).where(LEASE.c.person_key == bindparam("b_key"))
 _INSERT_LEASE = insert(LEASE)
-_DUE = (select(T.c.setl_id).where(T.c.state.not_in(FINAL), or_(T.c.runner.is_(None), T.c.runner == bindparam("b_runner"),
+# Only settlements of insured provinces whose platform this hub can reach (configured): a hub
+# sharing the database without one must not take work it cannot drive.
+_DUE = (select(T.c.setl_id).where(T.c.state.not_in(FINAL), T.c.insuplc.in_(bindparam("b_provinces", expanding=True)),
+                                  or_(T.c.runner.is_(None), T.c.runner == bindparam("b_runner"),
                                                                 T.c.run_until < bindparam("b_now")))
         .order_by(T.c.next_at).limit(bindparam("b_limit")))
 
@@ -329,8 +332,9 @@ class Store:
         conn.execute(_RELEASE, {"b_holder": holder})
 
     @staticmethod
-    def _op_due(conn, runner: str, limit: int) -> list[str]:
-        return [r.setl_id for r in conn.execute(_DUE, {"b_runner": runner, "b_now": time.time(), "b_limit": limit})]
+    def _op_due(conn, runner: str, limit: int, provinces: list[str]) -> list[str]:
+        return [r.setl_id for r in conn.execute(_DUE, {"b_runner": runner, "b_now": time.time(),
+                                                        "b_limit": limit, "b_provinces": provinces})]
 
     def _stamp(self, values: dict) -> dict:
         return {**values, "updated_at": utcnow(), "run_until": time.time() + self.lease}
@@ -368,8 +372,10 @@ class Store:
     async def arelease_person(self, holder: str) -> None:
         await self.run(self._op_release_person, holder)
 
-    async def adue(self, runner: str, exclude: set[str], limit: int = 1000) -> list[str]:
-        return [s for s in await self.read(self._op_due, runner, limit) if s not in exclude]
+    async def adue(self, runner: str, exclude: set[str], provinces: list[str],
+                   limit: int = 1000) -> list[str]:
+        return [s for s in await self.read(self._op_due, runner, limit, provinces)
+                if s not in exclude]
 
     # -- synchronous (any thread) -----------------------------------------------------------------
 
@@ -402,9 +408,11 @@ class Store:
     def release_person(self, holder: str) -> None:
         self._in_thread(self._op_release_person, holder)
 
-    def due(self, runner: str, exclude: set[str], limit: int = 1000) -> list[str]:
-        """Non-final settlements nobody drives (lease lapsed or this runner's)."""
-        return [s for s in self._read_in_thread(self._op_due, runner, limit) if s not in exclude]
+    def due(self, runner: str, exclude: set[str], provinces: list[str],
+            limit: int = 1000) -> list[str]:
+        """Non-final settlements of ``provinces`` nobody drives (lease lapsed or this runner's)."""
+        return [s for s in self._read_in_thread(self._op_due, runner, limit, provinces)
+                if s not in exclude]
 
 
 class PlatformShards(PlatformClient):
@@ -484,7 +492,7 @@ class SettlementService:
 
     async def sweep(self) -> int:
         """Start a driver for every non-final settlement nobody drives; returns how many."""
-        due = await self.store.adue(self.runner, set(self.tasks))
+        due = await self.store.adue(self.runner, set(self.tasks), sorted(self.platform.base_urls))
         for setl_id in due:
             self.spawn(setl_id)
         return len(due)

@@ -318,3 +318,23 @@ def test_restart_resumes_what_was_in_flight(database_url, engine, db, sims):
         stop_hub(server2)
     assert final["status"] == "settled" and final["split"] == EXAMPLE_SPLIT
     assert len(sims.settlements("ZJ", final["setl_id"])) == 1
+
+
+def test_a_hub_takes_only_work_it_has_a_platform_for(database_url, engine, db, sims):
+    """A hub without a province's platform (sharing the database) leaves its settlements alone."""
+    from sqlalchemy import update
+
+    from hub.db import writer
+    from settlement.models import Settlement
+    from settlement.service import Store
+    hub, server = start_hub(database_url, engine, sims)
+    with hub.client(hub.token("insurer", "SH")) as c:
+        first = c.post("/settlement/settle", json=body("K-21")).json()
+    stop_hub(server)  # no live runner from here on
+    with writer(engine).begin() as conn:  # as if its runner had died mid-way
+        conn.execute(update(Settlement).where(Settlement.setl_id == first["setl_id"]).values(
+            state="sending", runner=None, run_until=0))
+    store = Store(engine, 15.0)
+    assert store.due("other-hub", set(), ["SH", "JS", "AH"]) == []
+    assert store.due("other-hub", set(), ["ZJ"]) == [first["setl_id"]]
+    store.close()
