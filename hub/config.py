@@ -36,8 +36,20 @@ class Settings(BaseSettings):
     migrate_on_start: bool = True
     log_level: str = "INFO"
     log_json: bool = True
-    # Days a patient portal session lives.
+    # Hours a patient portal session lives.
     session_hours: int = Field(default=8, ge=1)
+    # The settlement service's knobs (settlement/service.py, ``Options``, which holds the
+    # defaults and their meaning); unset: that default. YRDHUB_SETTLEMENT_WAIT and so on.
+    settlement_wait: float | None = None
+    settlement_give_up: float | None = None
+    settlement_runner_lease: float | None = None
+    settlement_person_lease: float | None = None
+    settlement_sweep: float | None = None
+    settlement_retry_min: float | None = None
+    settlement_retry_max: float | None = None
+    settlement_max_conflicts: int | None = None
+    # The working-day calendar for transfer deadlines; unset: settlement/data/calendar.json.
+    transfer_calendar: str | None = None
 
     def insurer_urls(self) -> dict[str, str]:
         """Base URL per province, only for the provinces that are configured."""

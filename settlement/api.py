@@ -89,8 +89,9 @@ async def void(setl_id: str, request: Request, party: Party = Depends(bearer_par
 
 async def start(app):
     """Lifespan starter: the service, resuming every settlement that was in flight. Options
-    come from ``app.state.settlement_options`` (tests) or ``YRDHUB_SETTLEMENT_*``."""
-    options = getattr(app.state, "settlement_options", None) or Options.from_env()
+    come from ``app.state.settlement_options`` (tests) or the settings (``YRDHUB_SETTLEMENT_*``)."""
+    options = (getattr(app.state, "settlement_options", None)
+               or Options.from_settings(app.state.settings))
     platform = PlatformShards(app.state.settings.insurer_urls())
     service = SettlementService(app.state.engine, platform, options)
     app.state.settlement = service

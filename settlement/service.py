@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import random
 import sqlite3
 import threading
@@ -101,7 +100,7 @@ class PlatformUnavailable(HubError):
 
 @dataclass(frozen=True)
 class Options:
-    """The service's knobs (``YRDHUB_SETTLEMENT_*`` environment variables).
+    """The service's knobs (``YRDHUB_SETTLEMENT_*``, read through ``hub.config.Settings``).
 
     ``wait``: seconds a settle or void call waits before answering 202 pending. ``give_up``:
     seconds after which an unknown outcome is reversed (2601) and a never-sent one refused.
@@ -120,13 +119,10 @@ class Options:
     max_conflicts: int = 20
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Options:
-        values = {}
-        for name, default in cls.__dataclass_fields__.items():
-            raw = environ.get(f"YRDHUB_SETTLEMENT_{name.upper()}")
-            if raw:
-                values[name] = int(float(raw)) if isinstance(default.default, int) else float(raw)
-        return cls(**values)
+    def from_settings(cls, settings) -> Options:
+        """From the hub's ``Settings`` (``YRDHUB_SETTLEMENT_*``); unset knobs keep the defaults."""
+        values = {name: getattr(settings, f"settlement_{name}") for name in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in values.items() if v is not None})
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -72,7 +71,6 @@ DESTINATION_WORKING_DAYS = 5
 COMPENSATION_WORKING_DAYS = 10
 INSUTYPES = {"310": "职工基本医疗保险", "390": "城乡居民基本医疗保险"}
 STEP_ORDER = {"4101": 1, "4102": 2, "4201": 3, "4103": 4}
-CALENDAR_ENV = "YRDHUB_TRANSFER_CALENDAR"
 DEFAULT_CALENDAR = Path(__file__).resolve().parent / "data" / "calendar.json"
 # Area names of the region's places that have hospitals or policies (GB/T 2260).
 AREA_NAMES: dict[str, str] = {
@@ -145,8 +143,11 @@ def parse_calendar(raw: dict[str, Any]) -> WorkCalendar:
 
 
 def load_calendar(path: str | Path | None = None) -> WorkCalendar:
-    """The calendar from ``path``, else ``$YRDHUB_TRANSFER_CALENDAR``, else the packaged one."""
-    path = Path(path or os.environ.get(CALENDAR_ENV) or DEFAULT_CALENDAR)
+    """The calendar from ``path``, else the setting ``YRDHUB_TRANSFER_CALENDAR``, else the
+    packaged one."""
+    from hub.config import Settings
+
+    path = Path(path or Settings().transfer_calendar or DEFAULT_CALENDAR)
     return parse_calendar(json.loads(path.read_text(encoding="utf-8")))
 
 

@@ -338,3 +338,11 @@ def test_a_hub_takes_only_work_it_has_a_platform_for(database_url, engine, db, s
     assert store.due("other-hub", set(), ["SH", "JS", "AH"]) == []
     assert store.due("other-hub", set(), ["ZJ"]) == [first["setl_id"]]
     store.close()
+
+
+def test_options_come_from_the_settings(monkeypatch):
+    from hub.config import Settings
+
+    monkeypatch.setenv("YRDHUB_SETTLEMENT_GIVE_UP", "42")
+    options = Options.from_settings(Settings(settlement_wait=2))
+    assert (options.wait, options.give_up, options.sweep) == (2.0, 42.0, Options().sweep)
