@@ -313,15 +313,17 @@ def check_character(first17: str) -> str:
     return ric.calc_check_digit(first17 + "0")
 
 
-# Anything that could be a resident ID number: a run of 15 to 18 digits (the last may be X) not
-# inside a longer run of digits. Letters may touch it (in a URL it follows "%7C", an encoded |).
-_ID_LIKE_RE = re.compile(r"(?<!\d)(\d{14}[\dXx]{1,4})(?![\dXx])")
+# Anything that could hold a resident ID number: a run of 15 or more digits and Xs, however long
+# (an ID glued to a phone number in a mangled cell is still an ID). Letters may touch it (in a
+# URL it follows "%7C", an encoded |).
+_ID_LIKE_RE = re.compile(r"(?<![\dXx])([\dXx]{15,})")
 
 
 def scrub(text: str) -> str:
-    """``text`` with everything that could be a resident ID masked (``3304**********002X``):
-    for every message to a sender, every log line and every error. Hospital codes (11 digits),
-    timestamps (14) and message ids (over 18) are left alone."""
+    """``text`` with everything that could hold a resident ID masked (``3304**********002X``,
+    first and last four kept): for every message to a sender, every log line and every error.
+    Hospital codes (11 digits) and timestamps (14) are left alone; longer runs, message ids
+    among them, are masked too: privacy before convenience in a log."""
     return _ID_LIKE_RE.sub(lambda m: mask_resident_id(m.group(1)), text)
 
 

@@ -91,3 +91,19 @@ def test_make_id_is_uuid5(parts):
 
     from mappers.common import _NAMESPACE, make_id
     assert make_id(*parts) == str(uuid.uuid5(_NAMESPACE, "|".join(parts)))
+
+
+@pytest.mark.parametrize("text", [
+    "33042119850412002X", "id 33042119850412013857300000 (ID glued to a phone)",
+    "33042119850412002X13857300000", "urn%3Aoid%3A2.16.156.10011.1.3%7C33042119850412002X",
+    "440524800101001"])
+def test_scrub_leaves_no_run_that_could_be_an_id(text):
+    import re
+
+    from mappers.common import scrub
+    assert not re.search(r"\d{15}|\d{17}[Xx]", scrub(text))
+
+
+def test_scrub_leaves_codes_and_times():
+    from mappers.common import scrub
+    assert scrub("H33042100015 at 20240315093000") == "H33042100015 at 20240315093000"
