@@ -97,11 +97,17 @@ def _utc_text(now: datetime) -> str:
     return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+def _treating(hospital, cutoff, now) -> tuple:
+    """The treating rule in SQL, once: an encounter of ``hospital`` that started between
+    ``cutoff`` and ``now`` (values, or bind parameters for a statement built once)."""
+    return (R.c.res_type == "Encounter", R.c.hospital == hospital, R.c.deleted.is_(False),
+            R.c.sort_date >= cutoff, R.c.sort_date <= now)
+
+
 def treated_patients(hospital: str, now: datetime):
     """SQL: the patients ``hospital`` has an encounter with that started in the window."""
-    return select(R.c.patient_id).where(
-        R.c.res_type == "Encounter", R.c.hospital == hospital, R.c.deleted.is_(False),
-        R.c.sort_date >= treating_cutoff(now), R.c.sort_date <= _utc_text(now))
+    return select(R.c.patient_id).where(*_treating(hospital, treating_cutoff(now),
+                                                   _utc_text(now)))
 
 
 def _facts_statement():
@@ -109,9 +115,8 @@ def _facts_statement():
     statement per read cost more than running it)."""
     S = Sharing.__table__
     treating = exists(select(R.c.patient_id).where(
-        R.c.res_type == "Encounter", R.c.hospital == bindparam("hospital"),
-        R.c.deleted.is_(False), R.c.sort_date >= bindparam("cutoff"),
-        R.c.sort_date <= bindparam("now"), R.c.patient_id == bindparam("pid")))
+        *_treating(bindparam("hospital"), bindparam("cutoff"), bindparam("now")),
+        R.c.patient_id == bindparam("pid")))
     return (select(treating.label("treating"), S.c.cross_province, S.c.mental, S.c.hiv, S.c.sti)
             .select_from(select(literal(1).label("one")).subquery())
             .outerjoin(S, S.c.patient_id == bindparam("pid")))
@@ -127,10 +132,6 @@ def facts(conn: Connection, hospital: str, patient_id: str,
                                 "cutoff": treating_cutoff(now), "now": _utc_text(now)}).one()
     choices = SharingChoices(*row[1:]) if row.cross_province is not None else SharingChoices()
     return bool(row.treating), choices
-
-
-def is_treating(conn: Connection, hospital: str, patient_id: str, now: datetime) -> bool:
-    return facts(conn, hospital, patient_id, now)[0]
 
 
 def consent_allows(sharing: SharingChoices, reader_province: str | None,
@@ -196,7 +197,7 @@ class Answer:
         return present(self, row, content)
 
 
-def _audit(conn, engine, caller: Caller, patient_ids, what: str, outcome: str,
+def _audit(engine, caller: Caller, patient_ids, what: str, outcome: str,
            detail: str | None = None) -> None:
     events = [audit.ReadEvent(caller.party.kind, caller.party.code, pid, caller.purpose,
                               outcome, what, caller.emergency_reason, detail)
@@ -205,7 +206,7 @@ def _audit(conn, engine, caller: Caller, patient_ids, what: str, outcome: str,
 
 
 def _refuse(engine, caller: Caller, patient_id, what: str, decision: Decision):
-    _audit(None, engine, caller, [patient_id], what, "refused", decision.reason)
+    _audit(engine, caller, [patient_id], what, "refused", decision.reason)
     raise Forbidden(decision.reason)
 
 
@@ -233,7 +234,7 @@ def read(conn: Connection, engine, caller: Caller, res_type: str, res_id: str) -
     if not decision.allowed:
         _refuse(engine, caller, row.patient_id, what, decision)
     visible = queries.read_one_where(conn, res_type, res_id, decision.extra)
-    _audit(conn, engine, caller, [row.patient_id], what, "allowed",
+    _audit(engine, caller, [row.patient_id], what, "allowed",
            None if visible else "withheld under the patient's sharing choices")
     if visible is None:
         raise NotFound(f"{res_type}/{res_id} is not known")
@@ -258,7 +259,7 @@ def search(conn: Connection, engine, caller: Caller, res_type: str,
     withheld = pinned is not None and queries.count_withheld(
         conn, res_type, params, decision.extra) > 0
     patients = sorted({r.patient_id for r in page.rows if r.patient_id} | ({pinned} - {None}))
-    _audit(conn, engine, caller, patients, what, "allowed")
+    _audit(engine, caller, patients, what, "allowed")
     hidden = _hidden(conn, pinned, decision.extra) if pinned else frozenset()
     return Answer(page.rows, page.total, withheld, caller, hidden, decision.masked)
 
@@ -285,11 +286,11 @@ def everything(conn: Connection, engine, caller: Caller, patient_id: str) -> Ans
     decision = decide(conn, caller, patient_id)
     if not decision.allowed:
         _refuse(engine, caller, patient_id, what, decision)
-    rows = queries.patient_resources(conn, patient_id, [])
+    rows = queries.patient_resources(conn, patient_id)
     if not rows or rows[0].res_type != "Patient":
         raise NotFound(f"Patient/{patient_id} is not known")
     shown, hidden = _partition(decision, rows)
-    _audit(conn, engine, caller, [patient_id], what, "allowed")
+    _audit(engine, caller, [patient_id], what, "allowed")
     return Answer(shown, len(shown), bool(hidden), caller, hidden, decision.masked)
 
 
@@ -353,9 +354,5 @@ def present(answer: Answer, row, content: bytes) -> bytes:
     return orjson.dumps(resource)
 
 
-def suppressed_outcome() -> dict:
-    return SUPPRESSED
-
-
 __all__ = ["Caller", "Answer", "decide", "read", "search", "everything", "present",
-           "EMERGENCY_HEADER", "search"]
+           "EMERGENCY_HEADER"]

@@ -79,3 +79,19 @@ def is_sqlite(engine: Engine) -> bool:
 def writer(engine: Engine) -> Engine:
     """The engine to open write transactions with (``with writer(e).begin() as conn``)."""
     return engine.execution_options(sqlite_immediate=True)
+
+
+def write_retrying(engine: Engine, work, attempts: int = 5):
+    """``work(conn)`` in a write transaction, run again on a write conflict (two uploads
+    creating the same patient at once on PostgreSQL, a lock timeout on SQLite): the next
+    attempt sees what the other committed. The last attempt's error is raised."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            with writer(engine).begin() as conn:
+                return work(conn)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")

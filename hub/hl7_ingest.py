@@ -20,17 +20,15 @@ import structlog
 from fastapi import APIRouter, Depends, Request
 import orjson
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from hub import ingest, metrics, store
 from hub.auth import Party, bearer_party, require_hospital
-from hub.db import writer
+from hub.db import write_retrying
 from hub.errors import BadRequest
 from hub.models import MessageControl, Upload
 from mappers import shanghai_hl7v2 as sh
-from mappers.common import MapResult
 
 log = structlog.get_logger("hub.hl7")
 router = APIRouter()
@@ -49,19 +47,7 @@ def store_messages(engine, sender: str, items: list[tuple[bytes, sh.MessageResul
     All or nothing: if the transaction fails no ACK is sent, the sender resends, and what a
     repeat finds already stored answers as it did the first time.
     """
-    for attempt in range(5):
-        try:
-            with writer(engine).begin() as conn:
-                return _store_all(conn, sender, items, content_type)
-        except (IntegrityError, OperationalError):
-            if attempt == 4:
-                raise
-    raise AssertionError("unreachable")
-
-
-def store_message(engine, sender: str, message: bytes, mapped: sh.MessageResult,
-                  content_type: str | None) -> bytes:
-    return store_messages(engine, sender, [(message, mapped)], content_type)[0]
+    return write_retrying(engine, lambda conn: _store_all(conn, sender, items, content_type))
 
 
 def _controlled(mapped: sh.MessageResult) -> str | None:
@@ -273,4 +259,4 @@ async def start_mllp(app):
     return stop
 
 
-__all__ = ["router", "start_mllp", "handle_message", "MapResult"]
+__all__ = ["router", "start_mllp", "handle_message"]

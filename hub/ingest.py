@@ -22,13 +22,12 @@ import structlog
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import insert, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from hub import metrics, store
 from hub.auth import Party, bearer_party, require_hospital
-from hub.db import writer
+from hub.db import write_retrying, writer
 from hub.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from hub.models import Upload
 from mappers.anhui_csv import ArchiveTooLarge
@@ -98,20 +97,16 @@ def store_mapped(engine: Engine, channel: str, sender: str, body: bytes, result:
                  rerun_of: int | None = None) -> Outcome:
     """Archive ``body`` and store ``result`` in one transaction; retried on a write conflict
     (two uploads creating the same patient at once), which the second attempt then sees."""
-    for attempt in range(5):
-        try:
-            with writer(engine).begin() as conn:
-                upload_id = archive(conn, channel, sender, body, content_type, filename, rerun_of)
-                put = store.put_records(conn, channel, result.records, upload_id)
-                outcome = Outcome(upload_id, put.stored, put.unchanged,
-                                  [r.as_dict() for r in result.rejected + put.rejected],
-                                  list(result.notes))
-                set_summary(conn, upload_id, outcome.summary())
-            return outcome
-        except (IntegrityError, OperationalError):
-            if attempt == 4:
-                raise
-    raise AssertionError("unreachable")
+    def work(conn) -> Outcome:
+        upload_id = archive(conn, channel, sender, body, content_type, filename, rerun_of)
+        put = store.put_records(conn, channel, result.records, upload_id)
+        outcome = Outcome(upload_id, put.stored, put.unchanged,
+                          [r.as_dict() for r in result.rejected + put.rejected],
+                          list(result.notes))
+        set_summary(conn, upload_id, outcome.summary())
+        return outcome
+
+    return write_retrying(engine, work)
 
 
 def set_aside(engine: Engine, channel: str, sender: str, body: bytes, content_type: str | None,

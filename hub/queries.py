@@ -60,11 +60,11 @@ def search_page(conn: Connection, res_type: str, params: list[tuple[str, str]], 
     return Page(total, rows)
 
 
-def patient_resources(conn: Connection, patient_id: str, extra: list) -> list:
+def patient_resources(conn: Connection, patient_id: str) -> list:
     """Every current resource of one patient (the Patient itself first), then the hospitals and
-    practitioners they reference."""
+    practitioners they reference. What the caller may see of them ``hub.access`` sorts out."""
     rows = conn.execute(select(*_COLUMNS).where(
-        R.c.patient_id == patient_id, R.c.deleted.is_(False), *extra)
+        R.c.patient_id == patient_id, R.c.deleted.is_(False))
         .order_by((R.c.res_type != "Patient"), R.c.res_type, R.c.sort_date.desc().nulls_last(),
                   R.c.res_id)).all()
     refs: dict[str, set[str]] = {}

@@ -139,11 +139,6 @@ def make_id(*parts: str) -> str:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
-def hospital_area(hospital_code: str) -> str:
-    """``H33042100015`` -> ``330421``; the first two digits are the province."""
-    return hospital_code[1:7]
-
-
 PROVINCE_OF_PREFIX = {"31": "SH", "32": "JS", "33": "ZJ", "34": "AH"}
 
 

@@ -1,7 +1,6 @@
 """/healthz, /metrics, and logs that never hold a full resident ID."""
 
 import io
-import json
 import logging
 
 import structlog

@@ -5,7 +5,7 @@ from sqlalchemy import select
 from hub import patients, store
 from hub.models import PatientKey
 from mappers.common import (HOSPITAL_PATIENT_NO_SYSTEM, INSURANCE_CARD_SYSTEM, PASSPORT_SYSTEM,
-                            PATIENT_REF, RESIDENT_ID_SYSTEM, Record, hospital_reference)
+                            RESIDENT_ID_SYSTEM, Record)
 
 RID = "33042119850412002X"
 OTHER_RID = "11010519491231002X"

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import socket
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal
 
 import httpx
