@@ -9,8 +9,8 @@
 
 Only the insurance platform of the hospital's province may call the first four (403 otherwise;
 an administrator may read one settlement). The work is ``settlement.service``'s; it calls the
-platforms through its own ``PlatformShards`` (same configuration as ``app.state.platform``, pools
-split for speed). Reconciliation uses ``app.state.platform``.
+platforms through a ``PlatformClient`` of its own (same configuration as ``app.state.platform``,
+its own connections). Reconciliation uses ``app.state.platform``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from hub.errors import Unprocessable
 
 from . import clearing as clearing_mod
 from . import reconcile as reconcile_mod
-from .service import Options, PlatformShards, PlatformUnavailable, SettlementService
+from .platform import PlatformClient
+from .service import Options, PlatformUnavailable, SettlementService
 
 router = APIRouter(prefix="/settlement")
 
@@ -92,7 +93,7 @@ async def start(app):
     come from ``app.state.settlement_options`` (tests) or the settings (``YRDHUB_SETTLEMENT_*``)."""
     options = (getattr(app.state, "settlement_options", None)
                or Options.from_settings(app.state.settings))
-    platform = PlatformShards(app.state.settings.insurer_urls())
+    platform = PlatformClient(app.state.settings.insurer_urls())
     service = SettlementService(app.state.engine, platform, options)
     app.state.settlement = service
     await service.start()

@@ -56,6 +56,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from mappers.common import CST, mask_resident_id
 
+from .transport import AiohttpTransport
+
 log = logging.getLogger(__name__)
 
 # Province code -> the platform's own area code (insurer-api.md, first table).
@@ -208,47 +210,9 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 # ---------------------------------------------------------------------------------------------
 
 
-class _Lanes:
-    """The connections to one province's platform: one ``httpx.AsyncHTTPTransport`` per
-    connection (a "lane"), at most ``most``. httpcore looks at every connection of its pool (a
-    ``poll()`` each, and a quadratic count of the idle ones) at every request and every release,
-    so one pool of 200 busy connections cost more CPU than the rest of a settlement. A request
-    takes the most recently freed lane (its connection is warm), else a new one; when all
-    ``most`` are busy it shares one in turn (and waits in that lane's pool, ``pool`` timeout)."""
-
-    def __init__(self, make, most: int):
-        self.make, self.most = make, most
-        self.transports: list[httpx.AsyncBaseTransport] = []
-        self.busy: list[int] = []
-        self.idle: list[int] = []  # lanes without a request, the last freed at the end
-        self.turn = 0
-
-    def take(self) -> int:
-        if self.idle:
-            lane = self.idle.pop()
-        elif len(self.transports) < self.most:
-            self.transports.append(self.make())
-            self.busy.append(0)
-            lane = len(self.transports) - 1
-        else:
-            self.turn = lane = (self.turn + 1) % len(self.transports)
-        self.busy[lane] += 1
-        return lane
-
-    def give_back(self, lane: int) -> None:
-        self.busy[lane] -= 1
-        if self.busy[lane] == 0:
-            self.idle.append(lane)
-
-    async def aclose(self) -> None:
-        for transport in self.transports:
-            await transport.aclose()
-        self.transports, self.busy, self.idle = [], [], []
-
-
 class PlatformClient:
     """The hub's client of the four platforms: per province, up to ``max_connections`` pooled
-    ``httpx`` connections (see ``_Lanes``).
+    connections (``settlement.transport``).
 
     ``base_urls``: province -> base URL (``YRDHUB_INSURER_<P>_URL``); a missing or empty one
     makes that province's calls raise ``PlatformNotConfigured``. ``sender_code``: the hub's party
@@ -267,25 +231,23 @@ class PlatformClient:
         self.max_retry_after = max_retry_after
         # Exponential with jitter, so that 200 calls failing together do not come back together.
         self._backoff_wait = wait_exponential(multiplier=backoff, max=max_backoff) + wait_random(0, backoff)
-        # Requests go straight to the transports (httpx's own, with its timeouts): the client
-        # layer (URL building, cookies, auth and redirect handling) was a third of a call's CPU.
+        # Requests go straight to the transport (with httpx's timeouts): the client layer (URL
+        # building, cookies, auth and redirect handling) was a third of a call's CPU.
         self._timeout = {"timeout": (timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)).as_dict()}
         self._urls: dict[tuple[str, str], httpx.URL] = {}
-        if transport is not None:  # the caller's (tests): one lane, shared
-            self._lanes = {p: _Lanes(lambda: transport, 1) for p in PROVINCE_ADMDVS}
+        if transport is not None:  # the caller's (tests), shared by the provinces
+            self._transports = {p: transport for p in PROVINCE_ADMDVS}
         else:
-            one = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=15.0)
-            # One TLS context for every lane (making one loads the CA bundle: ~20 ms of CPU).
-            # No proxy from the environment may sit between the hub and a platform.
+            # One TLS context for every province (making one loads the CA bundle: ~20 ms of CPU).
             tls = httpx.create_ssl_context(trust_env=False)
-            self._lanes = {p: _Lanes(lambda: httpx.AsyncHTTPTransport(limits=one, verify=tls), max_connections)
-                           for p in PROVINCE_ADMDVS}
+            self._transports = {p: AiohttpTransport(max_connections=max_connections, verify=tls)
+                                for p in PROVINCE_ADMDVS}
         self._seq_lock = threading.Lock()
         self._seq: dict[tuple[str, str], itertools.count] = {}
 
     async def aclose(self) -> None:
-        for lanes in self._lanes.values():
-            await lanes.aclose()
+        for transport in set(self._transports.values()):
+            await transport.aclose()
 
     async def __aenter__(self) -> PlatformClient:
         return self
@@ -405,14 +367,12 @@ class PlatformClient:
 
     async def _send_once(self, province: str, infno: str, msgid: str, url: str, body: bytes) -> dict[str, Any]:
         where = {"province": province, "infno": infno, "msgid": msgid}
-        lanes = self._lanes[province]
         target = self._urls.get((province, url))
         if target is None:
             target = self._urls[(province, url)] = httpx.URL(url)
         request = httpx.Request("POST", target, headers=JSON_HEADERS, content=body, extensions=self._timeout)
-        lane = lanes.take()
         try:
-            response = await lanes.transports[lane].handle_async_request(request)
+            response = await self._transports[province].handle_async_request(request)
             try:
                 await response.aread()
             finally:
@@ -423,8 +383,6 @@ class PlatformClient:
         except httpx.TransportError as exc:
             # Read timeout, reset or close after the request went out, a write cut short.
             raise OutcomeUnknown(f"{province} {infno} sent, no answer: {type(exc).__name__}", **where) from exc
-        finally:
-            lanes.give_back(lane)
         return self._read_answer(response, where)
 
     def _read_answer(self, response: httpx.Response, where: dict[str, str]) -> dict[str, Any]:

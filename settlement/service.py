@@ -411,15 +411,6 @@ class Store:
                 if s not in exclude]
 
 
-class PlatformShards(PlatformClient):
-    """What ``settlement.api`` gives the service: now just a ``PlatformClient`` (which splits
-    its connection pool itself, see ``platform._Lanes``); ``app.state.platform`` would do as
-    well."""
-
-    def __init__(self, urls: Mapping[str, str], **kwargs: Any):
-        super().__init__(urls, **kwargs)
-
-
 # ---------------------------------------------------------------------------------------------
 # The service
 # ---------------------------------------------------------------------------------------------
