@@ -684,24 +684,34 @@ class SettlementService:
         return row, False
 
     @asynccontextmanager
-    async def _person(self, row: Mapping[str, Any], psn_no: str):
-        """Hold the person (in-process lock, then the database lease); yields whether it had
-        to wait for someone (the totals may have moved). On an exception the lease is freed."""
+    async def _person(self, row: Mapping[str, Any], psn_no: str, take: bool = True):
+        """Hold the person: the in-process lock, then (``take``) the database lease. Yields
+        ``(waited, key)``: whether it had to wait for someone (the totals may have moved), and
+        the lease key. With ``take=False`` the caller takes the lease in its own first write
+        (``Store.awrite(take_person=...)``) and calls ``_wait_for_person`` when that says no.
+        On an exception the lease is freed."""
         key = f"{row['insuplc']}:{psn_no}"
         lock = self.person_locks.setdefault(key, asyncio.Lock())
         waited = lock.locked()
         async with lock:
             try:
-                while not await self.store.atake_person(key, row["setl_id"], self.options.person_lease):
-                    waited = True
-                    await asyncio.sleep(0.05)
-                yield waited
+                if take:
+                    waited = await self._wait_for_person(row, key) or waited
+                yield waited, key
             except BaseException:
                 await asyncio.shield(self.store.arelease_person(row["setl_id"]))
                 raise
             finally:
                 if not lock._waiters:  # noqa: SLF001 - forget idle persons
                     self.person_locks.pop(key, None)
+
+    async def _wait_for_person(self, row: Mapping[str, Any], key: str) -> bool:
+        """Take the person's database lease, waiting while another holds it; whether it waited."""
+        waited = False
+        while not await self.store.atake_person(key, row["setl_id"], self.options.person_lease):
+            waited = True
+            await asyncio.sleep(0.05)
+        return waited
 
     # -- step: received -------------------------------------------------------------------------
 
@@ -713,13 +723,21 @@ class SettlementService:
         outcome = await self._read_and_compute(row, request)
         if not isinstance(outcome, Computed):
             return outcome
-        async with self._person(row, outcome.person.psn_no) as waited:
-            if waited:  # someone settled this person meanwhile: their totals moved
-                outcome = await self._read_and_compute(row, request)
-                if not isinstance(outcome, Computed):
-                    return outcome
-            row = await self._new_message(row, outcome.person, outcome.split)
-            return await self._send_loop(row, fresh=True)
+        # The lease is taken in the same transaction that records the 2207 (one commit less on
+        # the path every bill takes); when another process holds the person, wait, then compute
+        # again on the totals it left.
+        async with self._person(row, outcome.person.psn_no, take=False) as (waited, key):
+            while True:
+                if waited:  # someone settled this person meanwhile: their totals moved
+                    outcome = await self._read_and_compute(row, request)
+                    if not isinstance(outcome, Computed):
+                        return outcome
+                recorded = await self._new_message(row, outcome.person, outcome.split,
+                                                   take_person=(key, self.options.person_lease))
+                if recorded is not None:
+                    return await self._send_loop(recorded, fresh=True)
+                await self._wait_for_person(row, key)
+                waited = True
 
     async def _read_and_compute(self, row: dict, request: SettleRequest) -> Computed | tuple[dict, bool]:
         """Computed, or the (row, fresh) of a settlement made final or put off."""
@@ -739,25 +757,29 @@ class SettlementService:
             return await self._finish(row, "refused", refusal=outcome.as_json())
         return Computed(person, outcome)
 
-    async def _new_message(self, row: dict, person: PersonInfo, split, conflicts: int | None = None) -> dict:
+    async def _new_message(self, row: dict, person: PersonInfo, split, conflicts: int | None = None,
+                           take_person: tuple[str, float] | None = None) -> dict | None:
         """Record the next 2207 (a new msgid, the split and totals version it carries); the
-        ``setl_time`` is fixed by the first one."""
+        ``setl_time`` is fixed by the first one. With ``take_person`` (key, ttl) the person
+        lease is taken in the same transaction: None, and nothing written, when another holds it."""
         coverage = select_coverage(person, row["insutype"])
         setl_time = row["setl_time"] or fmt_time(datetime.now(CST))
         values = {"state": "sending", "psn_no": person.psn_no, "insuplc_admdvs": coverage.insuplc_admdvs,
                   "split": orjson.dumps(split.as_json()).decode(), "accum_year": person.accum.year,
                   "accum_version": person.accum.version, "setl_time": setl_time, "setl_date": setl_time[:10],
                   "conflicts": row["conflicts"] if conflicts is None else conflicts}
-        return await self._renew_msgid(row, values)
+        return await self._renew_msgid(row, values, take_person)
 
-    async def _renew_msgid(self, row: dict, values: dict | None = None) -> dict:
-        """A msgid no message ever had (settlement_msgid is unique), recorded with ``values``."""
+    async def _renew_msgid(self, row: dict, values: dict | None = None,
+                           take_person: tuple[str, float] | None = None) -> dict | None:
+        """A msgid no message ever had (settlement_msgid is unique), recorded with ``values``
+        (None when ``take_person`` could not be had, see ``Store._op_write``)."""
         for _ in range(20):
             msgid = self._msgid(row["fixmedins_code"])
             used = orjson.loads(row["msgids"]) + [msgid]
             try:
                 return await self._write(row, {**(values or {}), "msgid": msgid, "msgids": orjson.dumps(used).decode()},
-                                         msgid=msgid)
+                                         msgid=msgid, take_person=take_person)
             except IntegrityError:
                 continue
         raise SettlementError("no free msgid")

@@ -5,6 +5,7 @@ The fixtures and helpers at the top are shared with test_faults.py and test_reco
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -265,6 +266,32 @@ def test_two_hospitals_one_person_at_once(shub, sims):
     assert person["accum"][2024]["version"] == 19
     from decimal import Decimal
     assert person["accum"][2024]["fund_pay_accu"] == Decimal("3200.00") + 2 * Decimal("27.90")
+    assert person["insuinfo"][0]["balc"] == Decimal("1234.56") - 2 * Decimal("9.30")
+
+
+def test_two_hubs_one_person_at_once_wait_for_each_other(database_url, engine, db, sims):
+    """Two hub processes on one database (two runners): the person lease in the database makes
+    the second wait for the first and compute on its totals, so neither 2207 is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sims.set_latency(150)
+    hubs = [start_hub(database_url, engine, sims) for _ in range(2)]
+    try:
+        tokens = [hub.token("insurer", "SH") for hub, _ in hubs]
+
+        def go(i):
+            with hubs[i][0].client(tokens[i]) as c:
+                return c.post("/settlement/settle", json=body(f"K-2H-{i}")).json()
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(go, range(2)))
+    finally:
+        for _, server in hubs:
+            stop_hub(server)
+    assert [a["status"] for a in answers] == ["settled", "settled"]
+    assert [row_of(engine, a["setl_id"])["conflicts"] for a in answers] == [0, 0]
+    assert len(sims.received("ZJ", "2207")) == 2  # one message each: none refused and sent anew
+    person = sims.person("ZJ", LISI)
+    assert person["accum"][2024]["version"] == 19
     assert person["insuinfo"][0]["balc"] == Decimal("1234.56") - 2 * Decimal("9.30")
 
 
