@@ -1,13 +1,18 @@
 """Benchmark of the settlement path: settlements/s and the hub's own added latency.
 
-    python -m bench.settle [--n 3000] [--callers 200] [--latency-ms 200] [--persons 2000]
+    python -m bench.settle [--n 3000] [--callers 200] [--latency-ms 200] [--persons 800] [--rate R]
 
 Starts the four simulated platforms (every call answered after ``--latency-ms``) seeded with
 ``--persons`` cloned insured persons (so per-person serialisation is not the bottleneck), and a
-hub (uvicorn, a SQLite file in a temporary folder) as a subprocess; ``--callers`` concurrent
-callers each settle distinct bills. Prints settlements/s and, per settlement, the hub's overhead
-= the caller's latency minus the platform time it needed (two calls: 1101 and 2207, each
-``--latency-ms``), p50 and p99. The bound is callers / (2 x latency) = 500/s for 200 and 200 ms.
+hub (``yrdhub serve``, a SQLite file in a temporary folder) as a subprocess; ``--callers``
+concurrent callers settle distinct bills. Without ``--rate`` the loop is closed (each caller
+sends its next bill when it has the last answer: the most the hub sustains); with it, bills
+arrive at that rate (open loop) and wait for a free caller. Callers start spread over one round
+trip. Prints settlements/s and, per settlement, the hub's overhead = the caller's latency minus
+the platform time it needed (two calls: 1101 and 2207, each ``--latency-ms``), p50 and p99; then
+the CPU each process spent per settlement. The bound is callers / (2 x latency) = 500/s for 200
+and 200 ms. All three processes share this machine's cores, so the overhead includes the
+platforms' and the callers' own scheduling delays.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import aiohttp
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 # Template person (psn_no of fixtures/persons.json) -> (hospital, token province, insuplc_admdvs).
@@ -78,47 +84,77 @@ def tokens(db_path: Path) -> dict[str, str]:
     return out
 
 
-async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, latency: float) -> None:
-    queue: asyncio.Queue = asyncio.Queue()
+async def feed(queue: asyncio.Queue, persons: list[dict], n: int, callers: int, rate: float | None) -> None:
+    """Bills into ``queue``: all at once (closed loop: each caller sends its next bill as soon as
+    it has the answer to the last), or with ``rate`` one every 1/rate s (open loop: bills arrive
+    at that rate, whatever the hub's speed, and wait for a free caller); then one stop per caller."""
+    start = time.perf_counter()
     for i in range(n):
+        if rate:
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
         queue.put_nowait((persons[i % len(persons)], f"B-{i}"))
-    overheads, statuses, resent = [], {}, [0]
-    # A client of its own per caller (as 200 hospitals would have; one pool of 200 connections
-    # would cost the benchmark a scan of every connection per request), made before the clock
-    # starts, sharing one TLS context (each would load the CA bundle: ~20 ms of CPU).
-    tls = httpx.create_ssl_context()
-    clients = [httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=1), verify=tls)
-               for _ in range(callers)]
+    for _ in range(callers):
+        queue.put_nowait(None)
 
-    async def caller(client: httpx.AsyncClient):
-        while not queue.empty():
-            person, key = queue.get_nowait()
+
+async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, latency: float,
+              pids: dict[str, int], rate: float | None = None) -> None:
+    queue: asyncio.Queue = asyncio.Queue()
+    overheads, statuses, resent = [], {}, [0]
+    # One aiohttp session for all callers (a connection each): the load generator shares the
+    # two cores with the hub and the platforms, so it should cost as little CPU as it can (httpx
+    # cost it 0.9 ms per bill, this 0.4), and its own event-loop delays count as hub overhead.
+    session = aiohttp.ClientSession(base_url=url, connector=aiohttp.TCPConnector(limit=callers),
+                                    timeout=aiohttp.ClientTimeout(total=60))
+
+    async def caller(offset: float):
+        # Callers start spread over one round trip (2 platform calls), as independent hospitals
+        # would: started together, every caller's bill would reach the hub in the same instant,
+        # round after round, and the p99 would measure that artificial wave.
+        await asyncio.sleep(offset)
+        while (item := await queue.get()) is not None:
+            person, key = item
             province, body = bill(person, key)
             start = time.perf_counter()
             for attempt in range(3):
                 try:
-                    r = await client.post("/settlement/settle", json=body,
-                                          headers={"Authorization": f"Bearer {toks[province]}"})
+                    async with session.post("/settlement/settle", data=orjson.dumps(body), headers={
+                            "Authorization": f"Bearer {toks[province]}", "Content-Type": "application/json"}) as r:
+                        status, answer = r.status, await r.read()
                     break
-                except httpx.TransportError:  # a keep-alive connection closed under us: the same
-                    resent[0] += 1            # request_key again is safe (it is idempotent)
+                except aiohttp.ClientConnectionError:  # a keep-alive connection closed under us:
+                    resent[0] += 1                      # the same request_key again is safe
                     if attempt == 2:
                         raise
             overheads.append(time.perf_counter() - start - 2 * latency)
-            status = r.json().get("status", r.status_code) if r.status_code < 500 else r.status_code
+            status = orjson.loads(answer).get("status", status) if status < 500 else status
             statuses[status] = statuses.get(status, 0) + 1
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    own0 = time.process_time()
     start = time.perf_counter()
     try:
-        await asyncio.gather(*(caller(client) for client in clients))
+        offsets = [0.0] * callers if rate else [i * 2 * latency / callers for i in range(callers)]
+        await asyncio.gather(feed(queue, persons, n, callers, rate), *(caller(offset) for offset in offsets))
     finally:
         elapsed = time.perf_counter() - start
-        for client in clients:
-            await client.aclose()
+        cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+        cpu["callers"] = time.process_time() - own0
+        await session.close()
     overheads.sort()
     pct = lambda q: overheads[min(len(overheads) - 1, int(q * len(overheads)))] * 1000  # noqa: E731
-    print(f"{n} settlements, {callers} callers, platform {latency * 1000:.0f} ms per call: "
+    print(f"{n} settlements, {callers} callers, " + (f"offered {rate:.0f}/s, " if rate else "closed loop, ")
+          + f"platform {latency * 1000:.0f} ms per call: "
           f"{n / elapsed:.0f} settlements/s; hub overhead p50 {pct(0.50):.1f} ms, p99 {pct(0.99):.1f} ms; "
           f"statuses {statuses}" + (f"; {resent[0]} resent after a transport error" if resent[0] else ""))
+    print("CPU per settlement: " + ", ".join(f"{name} {seconds / n * 1000:.2f} ms" for name, seconds in cpu.items()))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_sims(persons: Path, latency_ms: int, base_port: int | None = None) -> tuple[subprocess.Popen, dict]:
@@ -144,13 +180,19 @@ def start_sims(persons: Path, latency_ms: int, base_port: int | None = None) -> 
 
 
 def main() -> None:
+    import gc
+
     from tests.conftest import free_port
 
+    gc.freeze()  # the load generator's own collector pauses are not the hub's latency
+    gc.set_threshold(20_000, 20, 20)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--callers", type=int, default=200)
     parser.add_argument("--latency-ms", type=int, default=200)
     parser.add_argument("--persons", type=int, default=800)
+    parser.add_argument("--rate", type=float, default=None,
+                        help="offer bills at this rate (open loop); default: as fast as the callers go")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         persons = make_persons(Path(tmp) / "persons.json", args.persons // len(CASES))
@@ -161,7 +203,7 @@ def main() -> None:
             procs.insert(0, start_hub(Path(tmp) / "hub.db", sims_env, port))
             toks = tokens(Path(tmp) / "hub.db")
             asyncio.run(run(f"http://127.0.0.1:{port}", toks, persons, args.n, args.callers,
-                            args.latency_ms / 1000))
+                            args.latency_ms / 1000, {"hub": procs[0].pid, "platforms": sims.pid}, args.rate))
         finally:
             for proc in procs:
                 proc.terminate()
