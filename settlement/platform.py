@@ -33,8 +33,8 @@ Retries (tenacity, inside ``call``) happen only where resending cannot settle tw
   attempt ended ``OutcomeUnknown`` and the last ``NotSent``, it raises ``OutcomeUnknown``.
 
 Logs name the province, infno and msgid, never an input: inputs hold resident ID numbers. A
-platform's ``err_msg`` is scrubbed of anything shaped like a resident ID number before it reaches
-an exception.
+platform's ``err_msg`` is scrubbed (``mappers.common.scrub``, the hub's one mask) of anything
+that could hold a resident ID number before it reaches an exception.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ import httpx
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from mappers.common import CST, mask_resident_id
+from mappers.common import CST, scrub
 
 from .transport import AiohttpTransport
 
@@ -84,7 +84,6 @@ CENT = Decimal("0.01")
 SPLIT_FIELDS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
                 "act_pay_dedc", "hifp_pay", "acct_pay", "psn_cash_pay", "fund_pay_sumamt")
 RECON_FIELDS = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")
-_RESIDENT_ID_LIKE = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,11 +134,6 @@ class Refused(PlatformError):
 # ---------------------------------------------------------------------------------------------
 # Envelope pieces
 # ---------------------------------------------------------------------------------------------
-
-
-def scrub(text: str) -> str:
-    """``text`` with anything shaped like an 18-character resident ID number masked."""
-    return _RESIDENT_ID_LIKE.sub(lambda m: mask_resident_id(m.group(0)), text)
 
 
 def province_of(place: str) -> str:

@@ -61,11 +61,11 @@ from sqlalchemy.pool import StaticPool
 from hub.auth import Party
 from hub.db import is_sqlite, writer
 from hub.errors import Conflict, Forbidden, HubError, NotFound, Unprocessable
-from mappers.common import CST
+from mappers.common import CST, scrub
 
 from .models import Settlement, SettlementMsgid, SettlementPersonLease
 from .platform import (PlatformClient, PlatformError, OutcomeUnknown, Refused, SPLIT_FIELDS, fmt_time,
-                       new_msgid, scrub)
+                       new_msgid)
 from .reference import default_reference, province_of
 from .rules import (PersonInfo, PersonInfoInvalid, Refusal, RequestInvalid, SettleRequest, compute_split,
                     select_coverage, validate_request)

@@ -57,9 +57,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from hub.db import writer
-from mappers.common import CST
+from mappers.common import CST, scrub
 from settlement.platform import (HUB_PARTY, OutcomeUnknown, PlatformBusy, PlatformError, PlatformNotConfigured,
-                                 Refused, new_msgid, province_of, scrub)
+                                 Refused, new_msgid, province_of)
 from settlement.transfer_models import Transfer, TransferStep
 
 log = logging.getLogger(__name__)
