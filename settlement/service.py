@@ -684,19 +684,16 @@ class SettlementService:
         return row, False
 
     @asynccontextmanager
-    async def _person(self, row: Mapping[str, Any], psn_no: str, take: bool = True):
-        """Hold the person: the in-process lock, then (``take``) the database lease. Yields
-        ``(waited, key)``: whether it had to wait for someone (the totals may have moved), and
-        the lease key. With ``take=False`` the caller takes the lease in its own first write
-        (``Store.awrite(take_person=...)``) and calls ``_wait_for_person`` when that says no.
-        On an exception the lease is freed."""
+    async def _person(self, row: Mapping[str, Any], psn_no: str):
+        """Hold the person in this process; yields ``(waited, key)``: whether it had to wait
+        for someone here (the totals may have moved), and the key of the database lease, which
+        the caller takes: ``_wait_for_person``, or in its first write (``Store.awrite(
+        take_person=...)``). On an exception the lease is freed."""
         key = f"{row['insuplc']}:{psn_no}"
         lock = self.person_locks.setdefault(key, asyncio.Lock())
         waited = lock.locked()
         async with lock:
             try:
-                if take:
-                    waited = await self._wait_for_person(row, key) or waited
                 yield waited, key
             except BaseException:
                 await asyncio.shield(self.store.arelease_person(row["setl_id"]))
@@ -726,7 +723,7 @@ class SettlementService:
         # The lease is taken in the same transaction that records the 2207 (one commit less on
         # the path every bill takes); when another process holds the person, wait, then compute
         # again on the totals it left.
-        async with self._person(row, outcome.person.psn_no, take=False) as (waited, key):
+        async with self._person(row, outcome.person.psn_no) as (waited, key):
             while True:
                 if waited:  # someone settled this person meanwhile: their totals moved
                     outcome = await self._read_and_compute(row, request)
@@ -791,7 +788,8 @@ class SettlementService:
         if time.time() > row["deadline"]:
             return await self._write(row, {"state": "reversing", "attempts": 0, "next_at": 0.0},
                                      release_person=True), False
-        async with self._person(row, row["psn_no"]):
+        async with self._person(row, row["psn_no"]) as (_, key):
+            await self._wait_for_person(row, key)
             return await self._send_loop(row, fresh)
 
     async def _send_loop(self, row: dict, fresh: bool) -> tuple[dict, bool]:
