@@ -180,12 +180,10 @@ def start_sims(persons: Path, latency_ms: int, base_port: int | None = None) -> 
 
 
 def main() -> None:
-    import gc
-
+    from hub.cli import tune_gc
     from tests.conftest import free_port
 
-    gc.freeze()  # the load generator's own collector pauses are not the hub's latency
-    gc.set_threshold(20_000, 20, 20)
+    tune_gc()  # the load generator's own collector pauses are not the hub's latency
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--callers", type=int, default=200)

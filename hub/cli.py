@@ -25,13 +25,14 @@ def _serve(settings: Settings, host: str, port: int) -> None:
 
     logs.configure(settings.log_level, settings.log_json)
     app = create_app(settings)
-    _tune_gc()
+    tune_gc()
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=True)
 
 
-def _tune_gc() -> None:
-    """Move everything loaded so far (FHIR models, tables, the app) out of the collector's
-    sight, and collect the youngest generation less often. A request allocates thousands of
+def tune_gc() -> None:
+    """For a long-running process, once loaded (the hub, the simulated platforms, the
+    benchmarks' load generators): move everything loaded so far (FHIR models, tables, the app)
+    out of the collector's sight, and collect the youngest generation less often. A request allocates thousands of
     short-lived containers; with the defaults the collector ran every 700 of them and scanned
     the long-lived heap in its older passes: a fifth of the settlement path's CPU (measured with
     py-spy and ``bench/settle.py``). Cycles are still collected, just in larger batches."""

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import gc
 import itertools
 import json
 import logging
@@ -1128,8 +1127,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ledger-file", default=None, help="write the ledgers to this JSON file")
     parser.add_argument("--latency-ms", type=int, default=0, help="answer every call after N ms")
     args = parser.parse_args(argv)
-    gc.freeze()  # as the hub does (hub.cli): the collector's pauses would be the platforms' latency
-    gc.set_threshold(20_000, 20, 20)
+    from hub.cli import tune_gc
+
+    tune_gc()  # the collector's pauses would be the platforms' latency
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     ports = {p: args.base_port + i for i, p in enumerate(PROVINCE_ADMDVS)}
     sims = start_simulators(ports, args.persons, host=args.host, ledger_path=args.ledger_file)
