@@ -75,7 +75,6 @@ RESEND_SAFE: dict[str, bool] = {
 }
 BUSY_STATUSES = frozenset({429, 502, 503, 504})
 HUB_PARTY = "YRDHUB"
-HUB_PARTY_CODE = HUB_PARTY.rjust(12, "0")  # "000000YRDHUB": the hub's own calls
 ENVELOPE_CONSTANTS = {"recer_sys_code": "YRDHUB", "infver": "V1.0", "opter_type": "1"}
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=30.0, write=10.0, pool=10.0)
@@ -221,7 +220,7 @@ class PlatformClient:
                  max_connections: int = 256, transport: httpx.AsyncBaseTransport | None = None):
         self.base_urls = {p: u.rstrip("/") for p, u in base_urls.items() if u}
         self.sender_code = sender_code
-        self.attempts, self.backoff, self.max_backoff = attempts, backoff, max_backoff
+        self.attempts = attempts
         self.max_retry_after = max_retry_after
         # Exponential with jitter, so that 200 calls failing together do not come back together.
         self._backoff_wait = wait_exponential(multiplier=backoff, max=max_backoff) + wait_random(0, backoff)

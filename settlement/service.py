@@ -195,16 +195,17 @@ class Store:
     """Every read and write of the settlement tables. Writes are conditional on the runner: a
     write by a runner that lost its lease raises RunnerLost and changes nothing.
 
-    The public methods are synchronous (any thread). ``run(op, ...)`` is how the service calls
-    them from the event loop: on a SQLite file it runs the transaction right there, on a
+    The transactions are the ``_op_*`` functions; the service runs them from the event loop
+    through the ``a*`` methods (``run``/``read``); ``get`` and ``due`` serve callers in a
+    thread (tests, tools). From the loop, on a SQLite file a transaction runs right there, on a
     connection of its own that never waits for the database lock (a deferred BEGIN, no busy
     timeout, no Python lock: the loop never blocks); when another writer holds the lock, or
     committed between this transaction's read and its first write, SQLite says busy at once, the
-    transaction is rolled back and runs again in a thread, which waits as writers usually do. A settlement's transactions are
-    a few hundred microseconds of CPU; handing each to a thread cost far more (every statement
-    gives up the GIL, and a thread waits up to the switch interval, 5 ms, to get it back while
-    the loop is busy: a convoy that capped the hub at ~40 settlements/s). On PostgreSQL every
-    transaction goes to a thread.
+    transaction is rolled back and runs again in a thread, which waits as writers usually do.
+    A settlement's transactions are a few hundred microseconds of CPU; handing each to a thread
+    cost far more (every statement gives up the GIL, and a thread waits up to the switch
+    interval, 5 ms, to get it back while the loop is busy: a convoy that capped the hub at ~40
+    settlements/s). On PostgreSQL every transaction goes to a thread.
     """
 
     def __init__(self, engine, runner_lease: float):
@@ -373,36 +374,10 @@ class Store:
         return [s for s in await self.read(self._op_due, runner, limit, provinces)
                 if s not in exclude]
 
-    # -- synchronous (any thread) -----------------------------------------------------------------
+    # -- synchronous (any thread: tests, tools) -------------------------------------------------
 
     def get(self, setl_id: str) -> dict | None:
         return self._read_in_thread(self._op_get, setl_id)
-
-    def insert_or_get(self, values: dict) -> tuple[dict, bool]:
-        """Insert a new settlement, or return the one of the same hospital + request_key."""
-        try:
-            return self._in_thread(self._op_insert_or_get, values)
-        except IntegrityError:  # PostgreSQL: a concurrent insert of the same key won
-            return self._read_in_thread(self._op_by_key, values), False
-
-    def claim(self, setl_id: str, runner: str) -> dict | None:
-        """Take or renew the runner lease; None when final or driven by another runner."""
-        return self._in_thread(self._op_claim, setl_id, runner)
-
-    def write(self, row: dict, values: dict, *, release_person: bool = False, msgid: str | None = None) -> dict:
-        """Update the settlement (only if ``row['runner']`` still drives it); optionally record
-        a new 2207 msgid (IntegrityError when another process used it) and release the person."""
-        return self._in_thread(self._op_write, row, self._stamp(values), release_person, msgid)
-
-    def take_person(self, key: str, holder: str, ttl: float) -> bool:
-        """The person lease for ``holder``: free, lapsed or already its own -> True."""
-        try:
-            return self._in_thread(self._op_take_person, key, holder, ttl)
-        except IntegrityError:
-            return False
-
-    def release_person(self, holder: str) -> None:
-        self._in_thread(self._op_release_person, holder)
 
     def due(self, runner: str, exclude: set[str], provinces: list[str],
             limit: int = 1000) -> list[str]:
