@@ -60,6 +60,7 @@ from hub.db import writer
 from mappers.common import CST, scrub
 from settlement.platform import (HUB_PARTY, OutcomeUnknown, PlatformBusy, PlatformError, PlatformNotConfigured,
                                  Refused, new_msgid, province_of)
+from settlement.reference import INSUTYPES
 from settlement.transfer_models import Transfer, TransferStep
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,6 @@ FINAL = frozenset({"completed", "refused", "cancelled"})
 ORIGIN_WORKING_DAYS = 10
 DESTINATION_WORKING_DAYS = 5
 COMPENSATION_WORKING_DAYS = 10
-INSUTYPES = {"310": "职工基本医疗保险", "390": "城乡居民基本医疗保险"}
 STEP_ORDER = {"4101": 1, "4102": 2, "4201": 3, "4103": 4}
 DEFAULT_CALENDAR = Path(__file__).resolve().parent / "data" / "calendar.json"
 # Area names of the region's places that have hospitals or policies (GB/T 2260).
@@ -188,6 +188,12 @@ class TransferNotFound(TransferError):
 
 class CancelTooLate(TransferError):
     status, code = 409, "CANNOT_CANCEL"
+
+
+def step_row(transfer_id: str, infno: str, started_on: date, deadline: date) -> dict[str, Any]:
+    """A new, pending step of a transfer, numbered by ``STEP_ORDER``."""
+    return {"transfer_id": transfer_id, "seq": STEP_ORDER[infno], "infno": infno, "status": "pending",
+            "started_on": started_on, "deadline": deadline, "attempts": 0}
 
 
 def check_request(from_admdvs: str | None, to_admdvs: Any, insutype: Any) -> None:
@@ -316,11 +322,9 @@ class TransferService:
                "psn_name": psn_name, "from_admdvs": from_admdvs, "to_admdvs": to_admdvs, "insutype": insutype,
                "status": "submitted", "created": now, "updated": now, "applied_on": applied,
                "cancel_requested": False, "attempts": 0, "next_attempt_at": now}
-        steps = [{"transfer_id": tid, "seq": 1, "infno": "4101", "status": "pending", "started_on": applied,
-                  "deadline": origin_deadline, "attempts": 0},
-                 {"transfer_id": tid, "seq": 3, "infno": "4201", "status": "pending", "started_on": applied,
-                  "deadline": add_working_days(origin_deadline, DESTINATION_WORKING_DAYS, self.calendar),
-                  "attempts": 0}]
+        steps = [step_row(tid, "4101", applied, origin_deadline),
+                 step_row(tid, "4201", applied,
+                          add_working_days(origin_deadline, DESTINATION_WORKING_DAYS, self.calendar))]
         try:
             with writer(self.engine).begin() as conn:
                 conn.execute(insert(Transfer), [row])
@@ -460,10 +464,8 @@ class TransferService:
                 values.update(cert_no=output.get("cert_no"), insu_months=int(output.get("insu_months") or 0),
                               acct_balc=str(Decimal(str(output.get("acct_balc") or "0"))))
                 if Decimal(values["acct_balc"]) > 0:
-                    conn.execute(insert(TransferStep), [{
-                        "transfer_id": row.id, "seq": 2, "infno": "4102", "status": "pending", "started_on": today,
-                        "deadline": add_working_days(row.applied_on, ORIGIN_WORKING_DAYS, self.calendar),
-                        "attempts": 0}])
+                    conn.execute(insert(TransferStep), [step_row(
+                        row.id, "4102", today, add_working_days(row.applied_on, ORIGIN_WORKING_DAYS, self.calendar))])
                 else:
                     self._destination_received(conn, row.id, today)
             elif step.infno == "4102":
@@ -572,9 +574,8 @@ class TransferService:
             exists = conn.execute(select(TransferStep.id).where(TransferStep.transfer_id == transfer_id,
                                                                 TransferStep.infno == "4103")).first()
             if exists is None:
-                conn.execute(insert(TransferStep), [{
-                    "transfer_id": transfer_id, "seq": 4, "infno": "4103", "status": "pending", "started_on": today,
-                    "deadline": add_working_days(today, COMPENSATION_WORKING_DAYS, self.calendar), "attempts": 0}])
+                conn.execute(insert(TransferStep), [step_row(
+                    transfer_id, "4103", today, add_working_days(today, COMPENSATION_WORKING_DAYS, self.calendar))])
 
     # -- the worker -------------------------------------------------------------------------------
 

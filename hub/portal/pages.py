@@ -20,7 +20,8 @@ from hub import sharing
 from hub.errors import HubError
 from hub.portal import accesslog, api, sessions
 from hub.portal.sessions import PatientSession
-from settlement.transfer import INSUTYPES, region_places
+from settlement.reference import INSUTYPES
+from settlement.transfer import region_places
 
 router = APIRouter(prefix="/portal")
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
