@@ -17,9 +17,10 @@ from decimal import Decimal
 import orjson
 from sqlalchemy import select
 
+from hub.config import PROVINCES
+
 from .models import Settlement
 
-PROVINCES = ("SH", "JS", "ZJ", "AH")
 ZERO = Decimal("0.00")
 MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 

@@ -54,7 +54,7 @@ import httpx
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from mappers.common import CST, scrub
+from mappers.common import CST, PROVINCE_OF_PREFIX, scrub
 
 from .transport import AiohttpTransport
 
@@ -62,7 +62,6 @@ log = logging.getLogger(__name__)
 
 # Province code -> the platform's own area code (insurer-api.md, first table).
 PROVINCE_ADMDVS: dict[str, str] = {"SH": "310000", "JS": "320000", "ZJ": "330000", "AH": "340000"}
-PROVINCE_OF_PREFIX: dict[str, str] = {v[:2]: k for k, v in PROVINCE_ADMDVS.items()}
 # Whether the province keeps each msgid for 72 h and answers a repeat with the first answer.
 DEDUPLICATES: dict[str, bool] = {"SH": True, "JS": True, "ZJ": True, "AH": False}
 # Transactions a repeat of which cannot commit anything twice on any platform: reads, outcome

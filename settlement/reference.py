@@ -35,13 +35,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mappers.common import PROVINCE_OF_PREFIX
+
 HOSPITALS_FILE = "hospitals.csv"
 CATALOGUE_FILE = "catalogue.csv"
 POLICY_FILE = "policy.json"
 
-# The region's provinces by the first two digits of an area code (GB/T 2260).
-PROVINCE_OF_PREFIX: Mapping[str, str] = {"31": "SH", "32": "JS", "33": "ZJ", "34": "AH"}
-PROVINCES = frozenset(PROVINCE_OF_PREFIX.values())
+PROVINCES = frozenset(PROVINCE_OF_PREFIX.values())  # the region (GB/T 2260 prefixes: mappers.common)
 
 CATEGORIES = {"A": "甲类", "B": "乙类", "C": "丙类"}
 HOSPITAL_LEVELS = frozenset({1, 2, 3})
