@@ -32,6 +32,8 @@ from hub import audit, masking, queries
 from hub.auth import Party
 from hub.errors import Forbidden, NotFound
 from hub.models import Resource, Sharing
+from hub.search import utc_text
+from hub.sensitivity import CATEGORIES
 from hub.sharing import SharingChoices
 from mappers.common import SHARED_TYPES, province_of
 
@@ -90,11 +92,7 @@ class Decision:
 
 
 def treating_cutoff(now: datetime) -> str:
-    return (now - TREATING_WINDOW).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def _utc_text(now: datetime) -> str:
-    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return utc_text(now - TREATING_WINDOW)
 
 
 def _treating(hospital, cutoff, now) -> tuple:
@@ -106,8 +104,7 @@ def _treating(hospital, cutoff, now) -> tuple:
 
 def treated_patients(hospital: str, now: datetime):
     """SQL: the patients ``hospital`` has an encounter with that started in the window."""
-    return select(R.c.patient_id).where(*_treating(hospital, treating_cutoff(now),
-                                                   _utc_text(now)))
+    return select(R.c.patient_id).where(*_treating(hospital, treating_cutoff(now), utc_text(now)))
 
 
 def _facts_statement():
@@ -129,7 +126,7 @@ def facts(conn: Connection, hospital: str, patient_id: str,
           now: datetime) -> tuple[bool, SharingChoices]:
     """Is ``hospital`` treating the patient, and what has the patient chosen: one round trip."""
     row = conn.execute(_FACTS, {"hospital": hospital, "pid": patient_id,
-                                "cutoff": treating_cutoff(now), "now": _utc_text(now)}).one()
+                                "cutoff": treating_cutoff(now), "now": utc_text(now)}).one()
     choices = SharingChoices(*row[1:]) if row.cross_province is not None else SharingChoices()
     return bool(row.treating), choices
 
@@ -151,7 +148,7 @@ def consent_conditions(sharing: SharingChoices, province: str | None) -> list:
     conditions = []
     if not sharing.cross_province:
         conditions.append(or_(R.c.province.is_(None), own))
-    blocked = [c for c in ("mental", "hiv", "sti") if not getattr(sharing, c)]
+    blocked = [c for c in CATEGORIES if not getattr(sharing, c)]
     if blocked:
         conditions.append(or_(R.c.sensitive.is_(None), R.c.sensitive.notin_(blocked),
                               R.c.province.is_(None), own))
@@ -233,7 +230,7 @@ def read(conn: Connection, engine, caller: Caller, res_type: str, res_id: str) -
     decision = decide(conn, caller, row.patient_id)
     if not decision.allowed:
         _refuse(engine, caller, row.patient_id, what, decision)
-    visible = queries.read_one_where(conn, res_type, res_id, decision.extra)
+    visible = row if decision.shows(row) else None
     _audit(engine, caller, [row.patient_id], what, "allowed",
            None if visible else "withheld under the patient's sharing choices")
     if visible is None:

@@ -34,12 +34,6 @@ def read_one(conn: Connection, res_type: str, res_id: str):
                         .where(R.c.res_type == res_type, R.c.res_id == res_id)).first()
 
 
-def read_one_where(conn: Connection, res_type: str, res_id: str, extra: list):
-    """The current version of one resource if ``extra`` lets it through, else None."""
-    return conn.execute(select(*_COLUMNS).where(
-        R.c.res_type == res_type, R.c.res_id == res_id, R.c.deleted.is_(False), *extra)).first()
-
-
 def _criteria(res_type: str, params: list[tuple[str, str]]) -> list:
     where = [R.c.res_type == res_type, R.c.deleted.is_(False)]
     for name, raw in params:

@@ -152,7 +152,7 @@ _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d
                       r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 
-def _utc_text(dt: datetime) -> str:
+def utc_text(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
@@ -187,7 +187,7 @@ def date_range(text: str) -> tuple[str, str]:
             hi = datetime(int(y) + 1, 1, 1, tzinfo=tzinfo)
     except ValueError as exc:
         raise SearchError(f"not a real date: {text!r}") from exc
-    return _utc_text(lo), _utc_text(hi)
+    return utc_text(lo), utc_text(hi)
 
 
 def _element_range(value: Any) -> tuple[str, str] | None:

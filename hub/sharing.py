@@ -10,8 +10,7 @@ from sqlalchemy.engine import Engine
 
 from hub.db import writer
 from hub.models import Sharing
-
-CATEGORIES = ("mental", "hiv", "sti")
+from hub.sensitivity import CATEGORIES
 
 
 @dataclass(frozen=True)
