@@ -227,7 +227,7 @@ class _Batch:
         for r in record.resources:
             t = r["resourceType"]
             shared = t in SHARED_TYPES
-            owner = None if (shared or t in MERGED_TYPES) else key
+            owner = None if t in MERGED_TYPES else key  # MERGED_TYPES holds SHARED_TYPES
             content = dumps(r).replace(_PATIENT_REF, ref)
             earlier = self.writes.get((t, r["id"]))
             if t in MERGED_TYPES and earlier is not None:  # two records of one upload
@@ -290,7 +290,9 @@ class _Batch:
                 updates.append(dict(values, w_type=t, w_id=i))
                 reindex.append((t, i))
                 history.append(self._history(t, i, old))
-            index.extend(_index_rows(t, i, resource, values["patient_id"]))
+            # The patient placeholder never reaches the index: ``patient`` is answered from
+            # ``resource.patient_id`` (search.COLUMN_PARAMS).
+            index.extend(search.index_rows(t, i, resource))
         for row in self.retired:
             updates.append({"w_type": row.res_type, "w_id": row.res_id, "deleted": True,
                             "version": row.version + 1, "last_updated": self.now,
@@ -367,12 +369,6 @@ def _group_by_keys(rows: list[dict]) -> list[list[dict]]:
     for row in rows:
         groups.setdefault(tuple(sorted(row)), []).append(row)
     return list(groups.values())
-
-
-def _index_rows(t: str, i: str, resource: dict, pid: str | None) -> list[dict]:
-    # The patient placeholder never reaches the index: ``patient`` is answered from
-    # ``resource.patient_id`` (search.COLUMN_PARAMS).
-    return search.index_rows(t, i, resource)
 
 
 def patient_for_resident_id(engine, resident_id: str) -> str:
