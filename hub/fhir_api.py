@@ -42,7 +42,7 @@ def metadata(request: Request) -> Response:
         "kind": "instance", "fhirVersion": "4.0.1", "format": ["application/fhir+json"],
         "software": {"name": "yrdhub"},
         "implementation": {"description": "Yangtze River Delta interoperability hub",
-                           "url": str(request.base_url).rstrip("/") + "/fhir"},
+                           "url": _base(request)},
         "rest": [{"mode": "server", "resource": resources,
                   "security": {"description": "Bearer tokens per party (hub-interface.md)"}}],
     }
@@ -73,16 +73,18 @@ def caller_of(request: Request, party: Party) -> access.Caller:
     return access.Caller(party, reason[:500] or None)
 
 
-def _resource_bytes(answer: access.Answer, row) -> bytes:
-    if getattr(row, "res_type", "AuditEvent") == "AuditEvent":
-        return orjson.dumps(audit.as_fhir(row, hospital_names()))
-    return answer.render(row, store.with_meta(row.content, row.version, row.last_updated))
+def _shown(answer: access.Answer, row) -> tuple[str, str, bytes]:
+    """Type, id and bytes of one row as the caller sees it (an audit row has no ``res_type``)."""
+    res_type = getattr(row, "res_type", "AuditEvent")
+    if res_type == "AuditEvent":
+        event = audit.as_fhir(row, hospital_names())
+        return res_type, event["id"], orjson.dumps(event)
+    return res_type, row.res_id, answer.render(row, store.with_meta(row.content, row.version,
+                                                                    row.last_updated))
 
 
 def _entry(base: str, answer: access.Answer, row) -> bytes:
-    content = _resource_bytes(answer, row)
-    res_type = getattr(row, "res_type", "AuditEvent")
-    res_id = row.res_id if res_type != "AuditEvent" else orjson.loads(content)["id"]
+    res_type, res_id, content = _shown(answer, row)
     return (b'{"fullUrl":"%s/%s/%s","resource":%s,"search":{"mode":"match"}}'
             % (base.encode(), res_type.encode(), res_id.encode(), content))
 
@@ -126,11 +128,14 @@ def search_type(res_type: str, request: Request, party: Party = Depends(bearer_p
     except search.SearchError as exc:
         raise BadRequest(str(exc)) from None
     base = _base(request)
-    self_q = criteria + [("_count", str(count)), ("_offset", str(offset))]
-    links = [("self", f"{base}/{res_type}?{urlencode(self_q)}")]
+
+    def page(at: int) -> str:
+        query = criteria + [("_count", str(count)), ("_offset", str(at))]
+        return f"{base}/{res_type}?{urlencode(query)}"
+
+    links = [("self", page(offset))]
     if offset + count < answer.total and count:
-        next_q = criteria + [("_count", str(count)), ("_offset", str(offset + count))]
-        links.append(("next", f"{base}/{res_type}?{urlencode(next_q)}"))
+        links.append(("next", page(offset + count)))
     return fhir_response(_bundle(answer, base, links))
 
 
@@ -143,7 +148,7 @@ def read(res_type: str, res_id: str, request: Request,
     engine = request.app.state.engine
     with engine.connect() as conn:
         answer = access.read(conn, engine, caller_of(request, party), res_type, res_id)
-    return fhir_response(_resource_bytes(answer, answer.rows[0]))
+    return fhir_response(_shown(answer, answer.rows[0])[2])
 
 
 @router.get("/Patient/{patient_id}/$everything")
