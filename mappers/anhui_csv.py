@@ -71,8 +71,8 @@ from mappers.common import (
     CST, ICD10_SYSTEM, check_character, INSURANCE_CARD_SYSTEM, LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM,
     LOINC_SYSTEM, OUTPATIENT_NO_SYSTEM, PATIENT_REF, RESIDENT_ID_SYSTEM, ForeignSender,
     InvalidValue, MapResult, Record, Rejection, UnreadableUpload, clean, fhir_date,
-    fhir_datetime, hospital_organization, hospital_reference, interpretation, lab_value,
-    make_id, normalize_resident_id, parse_when, reference_range,
+    fhir_datetime, hospital_organization, hospital_reference, insurance_identifier,
+    interpretation, lab_value, make_id, normalize_resident_id, parse_when, reference_range,
     resident_id_birth_date, to_halfwidth, validate,
 )
 
@@ -648,12 +648,8 @@ def _patient(values: dict[str, Any]) -> dict[str, Any]:
     if values.get("resident_id"):
         patient["identifier"].append({"system": RESIDENT_ID_SYSTEM, "value": values["resident_id"]})
     if values.get("insurance_card"):
-        card: dict[str, Any] = {"system": INSURANCE_CARD_SYSTEM, "value": values["insurance_card"]}
-        if values.get("insured_place"):
-            # The card is issued by the insured place's insurance bureau: its area code.
-            card["assigner"] = {"identifier": {"value": values["insured_place"]},
-                                "display": f"参保地 {values['insured_place']}"}
-        patient["identifier"].append(card)
+        patient["identifier"].append(
+            insurance_identifier(values["insurance_card"], values.get("insured_place")))
     if values.get("name"):
         patient["name"] = [{"text": values["name"]}]
     if values.get("sex"):
@@ -921,18 +917,14 @@ def map_upload(body: bytes, sender: str, filename: str = "upload.csv") -> MapRes
         else:
             _collect(_read_table(decode_text(body), filename, sender), result, by_kind)
     except UnreadableUpload as exc:
-        raise type(exc)(scrub_resident_ids(str(exc))) from None
+        raise type(exc)(scrub(str(exc))) from None
     for kind, rows in by_kind.items():
         RECORD_BUILDERS[kind](rows, sender, result)
     # Reasons and locations may quote cells (a header row that was really data, a file name):
     # whatever looks like a resident ID number is masked on the way out.
-    result.rejected = [Rejection(scrub_resident_ids(r.location), scrub_resident_ids(r.reason))
-                       for r in result.rejected]
-    result.notes = [scrub_resident_ids(n) for n in result.notes]
+    result.rejected = [Rejection(scrub(r.location), scrub(r.reason)) for r in result.rejected]
+    result.notes = [scrub(n) for n in result.notes]
     return result
-
-
-scrub_resident_ids = scrub  # the one definition, in mappers.common
 
 
 def _map_archive(body: bytes, zipname: str, sender: str, result: MapResult,

@@ -102,7 +102,6 @@ PRACTITIONER_SYSTEM = "urn:yrdhub:practitioner"
 PRESCRIPTION_SYSTEM = "urn:yrdhub:prescription"
 NATIONAL_DRUG_SYSTEM = "urn:yrdhub:national-drug-code"
 ICD10_SYSTEM = "http://hl7.org/fhir/sid/icd-10"
-ICD10CN_SYSTEM = "urn:yrdhub:icd-10-cn"
 LOINC_SYSTEM = "http://loinc.org"
 LOCAL_LAB_SYSTEM = "urn:yrdhub:local-lab-code"
 DICOM_MODALITY_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -253,11 +252,7 @@ def parse_when(value: Any) -> datetime | date | None:
 
 def fhir_datetime(value: datetime | date | None) -> str | None:
     """FHIR dateTime text: ``2024-03-15T09:12:00+08:00`` or ``2024-03-15``."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value.isoformat()
+    return None if value is None else value.isoformat()
 
 
 def fhir_date(value: datetime | date | None) -> str | None:
@@ -348,6 +343,17 @@ INTERPRETATIONS: dict[str, str] = {
     "A": "Abnormal", "AA": "Critical abnormal", "POS": "Positive", "NEG": "Negative",
 }
 
+# GB/T 2261.1 sex codes -> FHIR gender. 9 is "not stated", which FHIR only knows as unknown.
+GENDERS = {"0": "unknown", "1": "male", "2": "female", "9": "unknown"}
+
+# DICOM modality codes the hub codes; others keep their text only.
+DICOM_MODALITIES = {
+    "CT": "Computed Tomography", "MR": "Magnetic Resonance", "DX": "Digital Radiography",
+    "US": "Ultrasound", "CR": "Computed Radiography", "MG": "Mammography",
+    "NM": "Nuclear Medicine", "PT": "Positron emission tomography",
+    "XA": "X-Ray Angiography", "RF": "Radio Fluoroscopy", "ES": "Endoscopy", "OT": "Other",
+}
+
 # Qualitative result words -> SNOMED CT codes (coded value) -- data, shared by all provinces.
 SNOMED_SYSTEM = "http://snomed.info/sct"
 QUALITATIVE_WORDS: dict[str, tuple[str, str]] = {
@@ -377,6 +383,13 @@ def interpretation(flag: Any) -> list[dict] | None:
         raise InvalidValue(f"unknown abnormal flag {code!r}")
     return [{"coding": [{"system": INTERPRETATION_SYSTEM, "code": code,
                          "display": INTERPRETATIONS[code]}]}]
+
+
+def gbt_gender(code: str) -> str:
+    """FHIR gender of a GB/T 2261.1 sex code; a code outside the table raises InvalidValue."""
+    if code not in GENDERS:
+        raise InvalidValue(f"unknown sex code {code[:10]!r} (GB/T 2261.1: 0, 1, 2, 9)")
+    return GENDERS[code]
 
 
 def lab_value(raw: Any, unit: str | None = None) -> dict[str, Any]:
@@ -479,6 +492,29 @@ def _validate_uncached(resource: dict[str, Any]) -> None:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ()))
         raise InvalidValue(f"{resource['resourceType']}.{where}: {err.get('msg')}") from None
+
+
+def insurance_identifier(card: str, place: str | None) -> dict[str, Any]:
+    """The insurance card identifier; its issuer is the insured place's bureau (area code)."""
+    identifier: dict[str, Any] = {"system": INSURANCE_CARD_SYSTEM, "value": card}
+    if place:
+        identifier["assigner"] = {"identifier": {"value": place}, "display": f"参保地 {place}"}
+    return identifier
+
+
+def department_concept(code: str | None, name: str | None) -> dict[str, Any] | None:
+    """A department as a CodeableConcept (coded when a code, text when a name); None with neither."""
+    if not code and not name:
+        return None
+    concept: dict[str, Any] = {}
+    if code:
+        coding = {"system": DEPARTMENT_SYSTEM, "code": code}
+        if name:
+            coding["display"] = name
+        concept["coding"] = [coding]
+    if name:
+        concept["text"] = name
+    return concept
 
 
 def hospital_organization(code: str, name: str | None = None) -> dict[str, Any]:

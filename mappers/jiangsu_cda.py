@@ -41,7 +41,7 @@ from lxml import etree
 
 from mappers.common import scrub as _scrub
 from mappers.common import (
-    DEPARTMENT_SYSTEM,
+    DICOM_MODALITIES,
     DICOM_MODALITY_SYSTEM,
     DICOM_UID_SYSTEM,
     ICD10_SYSTEM,
@@ -63,7 +63,10 @@ from mappers.common import (
     UnreadableUpload,
     clean,
     decimal_json,
+    department_concept,
+    fhir_date,
     fhir_datetime,
+    gbt_gender,
     hospital_organization,
     hospital_reference,
     interpretation,
@@ -146,8 +149,6 @@ ENCODINGS = {
     "x-gbk": "gb18030", "euc-cn": "gb18030",
 }
 
-# GB/T 2261.1 sex -> FHIR gender.
-GENDERS = {"0": "unknown", "1": "male", "2": "female", "9": "unknown"}
 # Encounter type (2.16.156.10011.2.3.1.271) -> v3 ActCode class.
 ENCOUNTER_CLASSES = {
     "1": ("AMB", "ambulatory"), "2": ("EMER", "emergency"), "3": ("IMP", "inpatient encounter"),
@@ -192,12 +193,6 @@ IMAGING_TEXT_ROLES = {
     "DE04.50.132.00": "impression", "19005-8": "impression", "121073": "impression",
 }
 IMAGING_HEADINGS = {"findings": "检查所见", "impression": "诊断意见"}
-DICOM_MODALITIES = {
-    "CT": "Computed Tomography", "MR": "Magnetic Resonance", "DX": "Digital Radiography",
-    "CR": "Computed Radiography", "US": "Ultrasound", "XA": "X-Ray Angiography",
-    "MG": "Mammography", "NM": "Nuclear Medicine", "PT": "Positron emission tomography",
-    "RF": "Radio Fluoroscopy", "ES": "Endoscopy", "OT": "Other",
-}
 
 SECTION_CHIEF_COMPLAINT = "10154-3"
 SECTION_DIAGNOSES = "29548-5"
@@ -703,14 +698,12 @@ def _person_details(person: etree._Element, patient: dict[str, Any]) -> None:
         patient["name"] = [name]
     sex = _attr(person.find("h:administrativeGenderCode", NS), "code")
     if sex is not None:
-        if sex not in GENDERS:
-            raise FieldError(f"{PATIENT_ROLE}/patient/administrativeGenderCode",
-                             f"unknown sex code {sex[:10]!r} (GB/T 2261.1: 0, 1, 2, 9)")
-        patient["gender"] = GENDERS[sex]
+        with _at(f"{PATIENT_ROLE}/patient/administrativeGenderCode"):
+            patient["gender"] = gbt_gender(sex)
     with _at(f"{PATIENT_ROLE}/patient/birthTime"):
         born = cda_time(_attr(person.find("h:birthTime", NS), "value"))
     if born is not None:
-        patient["birthDate"] = (born.date() if isinstance(born, datetime) else born).isoformat()
+        patient["birthDate"] = fhir_date(born)
 
 
 def _name(el: etree._Element | None) -> dict[str, Any] | None:
@@ -861,18 +854,7 @@ def _department(ee: etree._Element) -> dict[str, Any] | None:
     if org is None:
         return None
     code = next((v for e in org.findall("h:id", NS) if (v := _attr(e, "extension"))), None)
-    name = _text(org.find("h:name", NS))
-    if code is None and name is None:
-        return None
-    result: dict[str, Any] = {}
-    if code:
-        coding = {"system": DEPARTMENT_SYSTEM, "code": code}
-        if name:
-            coding["display"] = name
-        result["coding"] = [coding]
-    if name:
-        result["text"] = name
-    return result
+    return department_concept(code, _text(org.find("h:name", NS)))
 
 
 # ---- body and sections -----------------------------------------------------------------------

@@ -33,14 +33,15 @@ from typing import Any, Callable
 
 from mappers.common import scrub as _scrub
 from mappers.common import (
-    DEPARTMENT_SYSTEM, DICOM_MODALITY_SYSTEM, DICOM_UID_SYSTEM, DOCUMENT_SYSTEMS,
-    HOSPITAL_PATIENT_NO_SYSTEM, ICD10_SYSTEM, IMAGING_REPORT_SYSTEM, INSURANCE_CARD_SYSTEM,
-    LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM, LOINC_SYSTEM, NATIONAL_DRUG_SYSTEM, OUTPATIENT_NO_SYSTEM,
-    PATIENT_REF, PRACTITIONER_SYSTEM, PRESCRIPTION_SYSTEM, RESIDENT_ID_SYSTEM, ForeignSender,
-    InvalidValue, MapResult, Record, Rejection, UnreadableUpload, clean, decimal_json, fhir_date,
-    fhir_datetime, hospital_organization, hospital_reference, interpretation, lab_value, make_id,
-    mask_resident_id, normalize_resident_id, parse_decimal, parse_when, reference_range,
-    resident_id_birth_date, resident_id_sex, to_halfwidth, validate,
+    DICOM_MODALITIES, DICOM_MODALITY_SYSTEM, DICOM_UID_SYSTEM, DOCUMENT_SYSTEMS,
+    HOSPITAL_PATIENT_NO_SYSTEM, ICD10_SYSTEM, IMAGING_REPORT_SYSTEM, LAB_REPORT_SYSTEM,
+    LOCAL_LAB_SYSTEM, LOINC_SYSTEM, NATIONAL_DRUG_SYSTEM, OUTPATIENT_NO_SYSTEM, PATIENT_REF,
+    PRACTITIONER_SYSTEM, PRESCRIPTION_SYSTEM, RESIDENT_ID_SYSTEM, ForeignSender, InvalidValue,
+    MapResult, Record, Rejection, UnreadableUpload, clean, decimal_json, department_concept,
+    fhir_date, fhir_datetime, gbt_gender, hospital_organization, hospital_reference,
+    insurance_identifier, interpretation, lab_value, make_id, mask_resident_id,
+    normalize_resident_id, parse_decimal, parse_when, reference_range, resident_id_birth_date,
+    resident_id_sex, to_halfwidth, validate,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -74,9 +75,6 @@ FIELD_LABELS = {"jzlsh": "visit serial number", "bgdh": "report number",
 # Hospital level (yydj). The world names no system for it; the hub's own URN.
 HOSPITAL_LEVEL_SYSTEM = "urn:yrdhub:hospital-level"
 HOSPITAL_LEVELS = {"1": "一级医院", "2": "二级医院", "3": "三级医院"}
-
-# GB/T 2261.1 sex codes -> FHIR gender. 9 is "not stated", which FHIR only knows as unknown.
-GENDERS = {"0": "unknown", "1": "male", "2": "female", "9": "unknown"}
 
 ACT_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 # jzlx -> (Encounter.class code, display, Encounter.status). An inpatient export carries no
@@ -121,13 +119,6 @@ IMAGING_REPORT_CODE = {"system": LOINC_SYSTEM, "code": "18748-4",
 ATTENDER = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
                          "code": "ATND", "display": "attender"}]}]
 
-# DICOM modality codes (jclx) the hub codes; others keep their text only (and are noted).
-DICOM_MODALITIES = {
-    "CT": "Computed Tomography", "MR": "Magnetic Resonance", "DX": "Digital Radiography",
-    "US": "Ultrasound", "CR": "Computed Radiography", "MG": "Mammography",
-    "NM": "Nuclear Medicine", "PT": "Positron emission tomography",
-    "XA": "X-Ray Angiography", "RF": "Radio Fluoroscopy", "ES": "Endoscopy", "OT": "Other",
-}
 _DICOM_UID_RE = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))+$")
 
 GTS_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation"
@@ -470,14 +461,10 @@ def _documents(v: _Visit, hz: dict, hpath: str) -> tuple[list[dict], str | None]
 
 
 def _insurance(hz: dict, hpath: str) -> list[dict]:
-    """The insurance card; its issuer is the insured place's bureau: the area code cbd (the same
-    shape as the Anhui mapper's)."""
+    """The insurance card ybkh, issued by the insured place cbd (an area code)."""
     card = _field(hz, "ybkh", hpath, _fold)
     place = _field(hz, "cbd", hpath, _fold)
-    if card is None:
-        return []
-    assigner = {"identifier": {"value": place}, "display": f"参保地 {place}"} if place else None
-    return [_compact({"system": INSURANCE_CARD_SYSTEM, "value": card, "assigner": assigner})]
+    return [] if card is None else [insurance_identifier(card, place)]
 
 
 def _gender(hz: dict, hpath: str, rid: str | None) -> str | None:
@@ -485,9 +472,10 @@ def _gender(hz: dict, hpath: str, rid: str | None) -> str | None:
     code = _field(hz, "xb", hpath, _fold)
     if code is None:
         return resident_id_sex(rid) if rid else None
-    if code not in GENDERS:
-        raise _Bad(f"{hpath}.xb", f"unknown sex code {code[:10]!r} (GB/T 2261.1: 0, 1, 2, 9)")
-    return GENDERS[code]
+    try:
+        return gbt_gender(code)
+    except InvalidValue as exc:
+        raise _Bad(f"{hpath}.xb", str(exc)) from None
 
 
 def _birth_date(hz: dict, hpath: str, rid: str | None) -> date | None:
@@ -563,12 +551,7 @@ def _encounter(v: _Visit, raw: dict, practitioner: dict | None,
 
 
 def _department(v: _Visit, raw: dict) -> dict[str, Any] | None:
-    code = _field(raw, "ksdm", v.path, _fold)
-    name = _field(raw, "ksmc", v.path)
-    if code is None and name is None:
-        return None
-    coding = _coded(DEPARTMENT_SYSTEM, code, name)
-    return _compact({"coding": [coding] if coding else None, "text": name})
+    return department_concept(_field(raw, "ksdm", v.path, _fold), _field(raw, "ksmc", v.path))
 
 
 def _practitioner(v: _Visit, raw: dict) -> dict[str, Any] | None:
