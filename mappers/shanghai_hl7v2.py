@@ -52,7 +52,6 @@ from mappers.common import (
     PATIENT_REF,
     PERSON_DOCUMENT_SYSTEMS,
     PRACTITIONER_SYSTEM,
-    DEPARTMENT_SYSTEM,
     RESIDENT_ID_SYSTEM,
     SNOMED_SYSTEM,
     ForeignSender,
@@ -62,6 +61,7 @@ from mappers.common import (
     Rejection,
     UnreadableUpload,
     decimal_json,
+    department_concept,
     hospital_organization,
     hospital_reference,
     lab_value,
@@ -73,7 +73,6 @@ from mappers.common import (
 )
 
 BOM = b"\xef\xbb\xbf"
-SEGMENT_END = "\r"
 # Versions the hub reads (MSH-12, major.minor): the format names 2.3-2.6, peers send up to 2.8.
 SUPPORTED_VERSIONS = frozenset({"2.3", "2.4", "2.5", "2.6", "2.7", "2.8"})
 ACK_VERSION = "2.5"
@@ -827,14 +826,8 @@ def _encounter(pv1: _Segment, visit: _Visit, hospital: str
     period = {k: v for k, v in (("start", _when(pv1, 44)), ("end", end)) if v}
     if period:
         encounter["period"] = period
-    dept_code, dept_name = pv1.text(3, 1), pv1.text(3, 9)
-    if dept_code or dept_name:
-        service: dict[str, Any] = {}
-        if dept_code:
-            service["coding"] = [{"system": DEPARTMENT_SYSTEM, "code": dept_code,
-                                  **({"display": dept_name} if dept_name else {})}]
-        if dept_name:
-            service["text"] = dept_name
+    service = department_concept(pv1.text(3, 1), pv1.text(3, 9))
+    if service:
         encounter["serviceType"] = service
     doctors = []
     doctor = _practitioner(pv1, 7, hospital)
@@ -983,11 +976,12 @@ def _map_adt(ctx: _Context) -> tuple[list[Record], list[AckError]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _observation_value(obx: _Segment, value_type: str, notes: list[str]) -> dict[str, Any]:
-    """OBX-5 by OBX-2 -> Observation value[x] ({} when empty). Never raises for odd content."""
+def _observation_value(obx: _Segment, value_type: str, unit: dict[str, Any], notes: list[str]
+                       ) -> dict[str, Any]:
+    """OBX-5 by OBX-2 (``value_type``, upper-cased) with OBX-6 (``unit``, from ``_unit``) ->
+    Observation value[x] ({} when empty). Never raises for odd content."""
     if not obx.rep_count(5) or not obx.raw(5):
         return {}
-    unit = _unit(obx)
     if value_type in TEXT_TYPES:
         return {"valueString": _text_value(obx)}
     if value_type == "NM":
@@ -1084,8 +1078,9 @@ def _interpretations(obx: _Segment, notes: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _observation(obx: _Segment, report: "_Report", obs_id: str, kind: str, notes: list[str]
-                 ) -> dict[str, Any]:
+def _observation(obx: _Segment, value_type: str, report: "_Report", obs_id: str, kind: str,
+                 notes: list[str]) -> dict[str, Any]:
+    """One OBX as an Observation; ``value_type`` is OBX-2 upper-cased (the caller has it)."""
     code = _codeable(obx, 3, default_system=LOCAL_LAB_SYSTEM)
     if code is None:
         raise obx.err(3, "OBX-3 observation identifier is empty", "101")
@@ -1103,8 +1098,9 @@ def _observation(obx: _Segment, report: "_Report", obs_id: str, kind: str, notes
     }
     if report.encounter_ref:
         observation["encounter"] = report.encounter_ref
-    observation.update(_observation_value(obx, obx.text(2).upper(), notes))
-    ranges = reference_range(obx.text(7), _unit(obx).get("unit"))
+    unit = _unit(obx)
+    observation.update(_observation_value(obx, value_type, unit, notes))
+    ranges = reference_range(obx.text(7), unit.get("unit"))
     if ranges:
         observation["referenceRange"] = ranges
     flags = _interpretations(obx, notes)
@@ -1232,7 +1228,7 @@ def _map_report(ctx: _Context, obr: _Segment, obxs: list[_Segment], patient: dic
         base = f"{obx.text(3) or obx.text(3, 2)}|{obx.text(4)}"
         used[base] = used.get(base, 0) + 1
         obs_id = make_id("Observation", hospital, number, base, str(used[base]))
-        observations.append(_observation(obx, report, obs_id, kind, ctx.notes))
+        observations.append(_observation(obx, value_type, report, obs_id, kind, ctx.notes))
     if observations:
         diagnostic["result"] = [{"reference": f"Observation/{o['id']}"} for o in observations]
     if studies:
