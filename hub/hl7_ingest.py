@@ -12,7 +12,6 @@ hospital may send from loopback only.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 from datetime import datetime, timezone
 
@@ -34,10 +33,6 @@ log = structlog.get_logger("hub.hl7")
 router = APIRouter()
 ER7 = "x-application/hl7-v2+er7"
 CHANNEL = ingest.Channel("sh", "mappers.shanghai_hl7v2")
-
-
-def _map_message(message: bytes, sender: str) -> sh.MessageResult:
-    return sh.map_message(message, sender)
 
 
 def store_messages(engine, sender: str, items: list[tuple[bytes, sh.MessageResult]],
@@ -87,9 +82,7 @@ def _archive_all(conn, sender: str, fresh, content_type) -> list[int]:
     if not fresh:
         return []
     now = datetime.now(timezone.utc)
-    rows = [{"channel": "sh", "sender": sender, "received_at": now, "content_type": content_type,
-             "filename": None, "sha256": hashlib.sha256(m).hexdigest(), "rerun_of": None,
-             "body": m} for _, m, _ in fresh]
+    rows = [ingest.upload_row("sh", sender, m, content_type, now) for _, m, _ in fresh]
     return list(conn.execute(insert(Upload).returning(Upload.id, sort_by_parameter_order=True),
                              rows).scalars())
 
@@ -121,7 +114,7 @@ def _finish(conn, sender: str, fresh, upload_ids, put) -> dict[int, bytes]:
 async def handle_message(app, sender: str, message: bytes, content_type: str | None = ER7
                          ) -> bytes:
     """Map (in a worker) and store one message; the ACK bytes to answer (only once stored)."""
-    mapped = await _map_off_loop(app, message, sender)
+    mapped = await ingest.off_loop(app, sh.map_message, message, sender)
     return await _group_commit(app).store(sender, message, mapped, content_type)
 
 
@@ -173,13 +166,6 @@ def _group_commit(app) -> GroupCommit:
     return app.state.group_commit
 
 
-async def _map_off_loop(app, message: bytes, sender: str) -> sh.MessageResult:
-    pool = ingest._pool(app)
-    if pool is None:
-        return await run_in_threadpool(_map_message, message, sender)
-    return await asyncio.get_running_loop().run_in_executor(pool, _map_message, message, sender)
-
-
 @router.post("/ingest/sh")
 async def ingest_sh(request: Request, party: Party = Depends(bearer_party)) -> Response:
     """One message, several, or a batch: one ACK per message, in order."""
@@ -188,7 +174,8 @@ async def ingest_sh(request: Request, party: Party = Depends(bearer_party)) -> R
     messages = sh.split_messages(body)
     if not messages:
         raise BadRequest("empty body: no HL7 message")
-    mapped = await asyncio.gather(*(_map_off_loop(request.app, m, sender) for m in messages))
+    mapped = await asyncio.gather(*(ingest.off_loop(request.app, sh.map_message, m, sender)
+                                    for m in messages))
     acks = await run_in_threadpool(store_messages, request.app.state.engine, sender,
                                    list(zip(messages, mapped)),
                                    request.headers.get("content-type"))

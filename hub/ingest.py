@@ -79,11 +79,19 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def upload_row(channel: str, sender: str, body: bytes, content_type: str | None,
+               received_at: datetime, filename: str | None = None,
+               rerun_of: int | None = None) -> dict:
+    """The ``uploads`` row archiving ``body`` as received."""
+    return {"channel": channel, "sender": sender, "received_at": received_at,
+            "content_type": content_type, "filename": filename,
+            "sha256": hashlib.sha256(body).hexdigest(), "rerun_of": rerun_of, "body": body}
+
+
 def archive(conn, channel: str, sender: str, body: bytes, content_type: str | None,
             filename: str | None = None, rerun_of: int | None = None) -> int:
-    row = {"channel": channel, "sender": sender, "received_at": datetime.now(timezone.utc),
-           "content_type": content_type, "filename": filename,
-           "sha256": hashlib.sha256(body).hexdigest(), "rerun_of": rerun_of, "body": body}
+    row = upload_row(channel, sender, body, content_type, datetime.now(timezone.utc), filename,
+                     rerun_of)
     return conn.execute(insert(Upload).returning(Upload.id), [row]).scalar_one()
 
 
@@ -125,14 +133,12 @@ async def ingest(request: Request, channel: Channel, sender: str, body: bytes,
     content_type = request.headers.get("content-type")
     try:
         result = await map_off_loop(request.app, channel, body, sender, filename)
-    except ArchiveTooLarge as exc:
+    except UnreadableUpload as exc:  # ArchiveTooLarge (413) is one too
         await run_in_threadpool(set_aside, engine, channel.name, sender, body, content_type,
                                 str(exc), filename)
-        metrics.UPLOADS.labels(channel.name, "too_large").inc()
-        raise PayloadTooLarge(str(exc)) from None
-    except UnreadableUpload as exc:
-        await run_in_threadpool(set_aside, engine, channel.name, sender, body, content_type,
-                                str(exc), filename)
+        if isinstance(exc, ArchiveTooLarge):
+            metrics.UPLOADS.labels(channel.name, "too_large").inc()
+            raise PayloadTooLarge(str(exc)) from None
         metrics.UPLOADS.labels(channel.name, "unreadable").inc()
         raise BadRequest(str(exc), code=getattr(exc, "code", "UNREADABLE")) from None
     except ForeignSender as exc:
@@ -168,13 +174,18 @@ def _pool(app) -> concurrent.futures.Executor | None:
     return app.state.map_pool
 
 
-async def map_off_loop(app, channel: Channel, body: bytes, sender: str,
-                       filename: str | None = None) -> MapResult:
+async def off_loop(app, fn, *args):
+    """``fn(*args)`` off the event loop: in the app's mapper processes (``fn`` must then be a
+    module-level function, to be pickled), else in a thread."""
     pool = _pool(app)
     if pool is None:
-        return await run_in_threadpool(map_in_worker, channel.module, body, sender, filename)
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(pool, map_in_worker, channel.module, body, sender, filename)
+        return await run_in_threadpool(fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+async def map_off_loop(app, channel: Channel, body: bytes, sender: str,
+                       filename: str | None = None) -> MapResult:
+    return await off_loop(app, map_in_worker, channel.module, body, sender, filename)
 
 
 def shutdown_pool(app) -> None:
