@@ -6,21 +6,22 @@ the original it came from (``rerun_of``) instead of copying the bytes.
 
 from __future__ import annotations
 
+from itertools import islice
+
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hub import ingest
+from hub import hl7_ingest, ingest
 from hub.auth import Party, bearer_party, require_admin
 from hub.errors import BadRequest, NotFound
 from hub.models import Upload
 from mappers.common import ForeignSender, UnreadableUpload
 
 router = APIRouter(prefix="/admin")
-REMAP_MODULES = {**{c.name: c for c in ingest.CHANNELS.values()},
-                 "sh": ingest.Channel("sh", "mappers.shanghai_hl7v2")}
+REMAP_MODULES = {**ingest.CHANNELS, "sh": hl7_ingest.CHANNEL}
 
 
 def _json(body) -> Response:
@@ -42,11 +43,15 @@ def list_uploads(request: Request, set_aside: bool = Query(True), limit: int = Q
     U = Upload.__table__
     query = select(U.c.id, U.c.channel, U.c.sender, U.c.received_at, U.c.filename,
                    U.c.rerun_of, U.c.summary).order_by(U.c.id.desc())
-    with request.app.state.engine.connect() as conn:
-        rows = [_listing(r) for r in conn.execute(query)]
-    if set_aside:
-        rows = [r for r in rows if _is_set_aside(r["summary"])]
-    return _json({"uploads": rows[:limit]})
+    if not set_aside and limit >= 0:
+        query = query.limit(limit)
+    with request.app.state.engine.connect() as conn, conn.execute(query) as result:
+        rows = (_listing(r) for r in result)
+        if set_aside:
+            rows = (r for r in rows if _is_set_aside(r["summary"]))
+        # Stop once ``limit`` are found; a negative limit still slices from the end, as ever.
+        rows = list(islice(rows, limit)) if limit >= 0 else list(rows)[:limit]
+    return _json({"uploads": rows})
 
 
 def _is_set_aside(summary: dict) -> bool:

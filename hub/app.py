@@ -15,7 +15,7 @@ from hub import admin, audit, errors, fhir_api, hl7_ingest, ingest, metrics, por
 from settlement import api as settlement_api
 from settlement.platform import PlatformClient
 from settlement.transfer import start_transfers
-from hub.config import Settings, get_settings
+from hub.config import PROVINCES, Settings, get_settings
 from hub.db import get_engine
 from hub.migrate import upgrade
 
@@ -122,7 +122,7 @@ async def _platforms_reachable(app: FastAPI) -> dict:
     """Each configured platform: reachable or not; unconfigured ones say so."""
     urls = app.state.settings.insurer_urls()
     client = getattr(app.state, "platform", None)
-    out = {p: "not configured" for p in ("SH", "JS", "ZJ", "AH")}
+    out = {p: "not configured" for p in PROVINCES}
     if client is None:
         return out
     results = await asyncio.gather(*(client.reachable(p) for p in urls))

@@ -31,8 +31,6 @@ START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
 
 Handler = Callable[[bytes, str], Awaitable[bytes]]
-# (what was read of the message, reason) -> the AR to send.
-Rejecter = Callable[[bytes, str], bytes]
 
 
 class _Oversize(Exception):
@@ -69,22 +67,22 @@ async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
     return block[start + 1:-len(END_BLOCK)]
 
 
-async def start_mllp_server(host: str, port: int, handler: Handler, max_bytes: int, *,
-                            reject: Rejecter = default_reject) -> asyncio.Server:
+async def start_mllp_server(host: str, port: int, handler: Handler, max_bytes: int
+                            ) -> asyncio.Server:
     """Listen for MLLP on ``host:port`` (port 0: any free port, see ``server.sockets``).
 
     Each framed message goes to ``handler(message_bytes, peer_ip)``; its result is sent back
-    framed. Frames without a start block are answered by ``reject`` (AR) and the connection
-    stays open; a message larger than ``max_bytes`` is answered AR and the connection closed
-    (the rest of it cannot be told from a next message). A handler that raises gets no answer
-    and its connection is closed, so the sender resends later (delivery is at least once); the
-    server itself keeps running in every case.
+    framed. Frames without a start block are answered by ``default_reject`` (AR) and the
+    connection stays open; a message larger than ``max_bytes`` is answered AR and the connection
+    closed (the rest of it cannot be told from a next message). A handler that raises gets no
+    answer and its connection is closed, so the sender resends later (delivery is at least
+    once); the server itself keeps running in every case.
     """
     async def on_client(reader, writer) -> None:
         peer = writer.get_extra_info("peername")
         peer_ip = peer[0] if peer else ""
         try:
-            await _serve(reader, writer, peer_ip, handler, max_bytes, reject)
+            await _serve(reader, writer, peer_ip, handler, max_bytes)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except Exception:  # noqa: BLE001 - one bad connection must not end the listener
@@ -95,8 +93,7 @@ async def start_mllp_server(host: str, port: int, handler: Handler, max_bytes: i
     return await start_hl7_server(on_client, host, port, limit=max_bytes, encoding="utf-8")
 
 
-async def _serve(reader, writer, peer_ip: str, handler: Handler, max_bytes: int,
-                 reject: Rejecter) -> None:
+async def _serve(reader, writer, peer_ip: str, handler: Handler, max_bytes: int) -> None:
     while True:
         try:
             message = await _read_frame(reader)
@@ -105,11 +102,11 @@ async def _serve(reader, writer, peer_ip: str, handler: Handler, max_bytes: int,
         except _Oversize as exc:
             log.warning("MLLP message from %s over %d bytes: AR, connection closed",
                         peer_ip, max_bytes)
-            writer.writeblock(reject(exc.head, f"message larger than {max_bytes} bytes"))
+            writer.writeblock(default_reject(exc.head, f"message larger than {max_bytes} bytes"))
             await writer.drain()
             return
         if message is None:
-            writer.writeblock(reject(b"", "frame without the MLLP start block 0x0B"))
+            writer.writeblock(default_reject(b"", "frame without the MLLP start block 0x0B"))
         else:
             writer.writeblock(await handler(message, peer_ip))
         await writer.drain()
