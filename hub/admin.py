@@ -36,21 +36,20 @@ def _listing(row) -> dict:
 
 
 @router.get("/uploads")
-def list_uploads(request: Request, set_aside: bool = Query(True), limit: int = Query(100, le=1000),
+def list_uploads(request: Request, set_aside: bool = Query(True), limit: int = Query(100, ge=0, le=1000),
                  party: Party = Depends(bearer_party)) -> Response:
     """Uploads newest first; by default those set aside (unreadable, or with rejections/AE)."""
     require_admin(party)
     U = Upload.__table__
     query = select(U.c.id, U.c.channel, U.c.sender, U.c.received_at, U.c.filename,
                    U.c.rerun_of, U.c.summary).order_by(U.c.id.desc())
-    if not set_aside and limit >= 0:
+    if not set_aside:
         query = query.limit(limit)
     with request.app.state.engine.connect() as conn, conn.execute(query) as result:
         rows = (_listing(r) for r in result)
         if set_aside:
             rows = (r for r in rows if _is_set_aside(r["summary"]))
-        # Stop once ``limit`` are found; a negative limit still slices from the end, as ever.
-        rows = list(islice(rows, limit)) if limit >= 0 else list(rows)[:limit]
+        rows = list(islice(rows, limit))  # stop reading once ``limit`` are found
     return _json({"uploads": rows})
 
 

@@ -39,6 +39,21 @@ def test_set_aside_listed_rerun_and_remapped_without_duplicates(hub):
     assert all(r.rerun_of == first["upload_id"] and r[1] == 0 for r in reruns)
 
 
+def test_listing_stops_at_the_limit_newest_first(hub):
+    quirks = (FIXTURES / "zj" / "upload_quirks.json").read_bytes()
+    with hub.client(hub.token("hospital", json.loads(quirks)["jgdm"])) as c:
+        for _ in range(3):
+            assert c.post("/ingest/zj", content=b"{broken").status_code == 400
+        assert c.post("/ingest/zj", content=quirks).status_code == 200
+    admin = hub.client(hub.token("admin"))
+    every = [u["id"] for u in admin.get("/admin/uploads", params={"set_aside": "false"}).json()["uploads"]]
+    assert every == sorted(every, reverse=True) and len(every) >= 4
+    for set_aside in ("true", "false"):
+        two = admin.get("/admin/uploads", params={"set_aside": set_aside, "limit": 2}).json()["uploads"]
+        assert [u["id"] for u in two] == every[:2]
+    assert admin.get("/admin/uploads", params={"limit": -1}).status_code == 422
+
+
 def test_only_admins(hub):
     with hub.client(hub.token("hospital", "H33042100015")) as c:
         assert c.get("/admin/uploads").status_code == 403
