@@ -48,14 +48,14 @@ def amounts(row: dict) -> dict[str, str]:
 async def reconcile_pair(platform: PlatformClient, day: date, insuplc: str, mdtrtarea: str,
                          rows: list[dict]) -> list[dict] | None:
     """None when balanced, else the differences of this pair."""
-    mine = [r for r in rows if r["state"] == "settled"]
-    totals = {f: sum((Decimal(amounts(r)[f]) for r in mine), ZERO) for f in RECON_FIELDS}
+    mine = {r["setl_id"]: amounts(r) for r in rows if r["state"] == "settled"}
+    totals = {f: sum((Decimal(a[f]) for a in mine.values()), ZERO) for f in RECON_FIELDS}
     total = await platform.reconcile_total(insuplc, stmt_date=day, mdtrtarea_admvs=mdtrtarea, setl_cnt=len(mine),
                                            **totals)
     if str(total.get("stmt_rslt")) == "0":
         return None
     detail = await platform.reconcile_detail(insuplc, stmt_date=day, mdtrtarea_admvs=mdtrtarea,
-                                             settlements=[{"setl_id": r["setl_id"], **amounts(r)} for r in mine])
+                                             settlements=[{"setl_id": s, **a} for s, a in mine.items()])
     return differences(insuplc, mdtrtarea, {r["setl_id"]: r for r in rows}, detail)
 
 
