@@ -67,6 +67,7 @@ from .models import Settlement, SettlementMsgid, SettlementPersonLease
 from .platform import (PlatformClient, PlatformError, OutcomeUnknown, Refused, SPLIT_FIELDS, fmt_time,
                        new_msgid)
 from .reference import default_reference, province_of
+from .sqlite_loop import LoopConnection
 from .rules import (PersonInfo, PersonInfoInvalid, Refusal, RequestInvalid, SettleRequest, compute_split,
                     select_coverage, validate_request)
 
@@ -80,6 +81,10 @@ FINAL = frozenset({"settled", "refused", "invalid", "reversed", "voided"})
 STATUS_OF_STATE = {"received": "pending", "sending": "pending", "reversing": "pending", "voiding": "pending",
                    "settled": "settled", "refused": "refused", "invalid": "refused", "reversed": "refused",
                    "voided": "voided"}
+# The states a driver still has work in. Queries name them (IN) rather than exclude FINAL (NOT
+# IN): an IN is a few look-ups in ix_settlement_state, a NOT IN a scan of every settlement ever
+# made (the resume sweep runs every few seconds).
+OPEN = frozenset(STATUS_OF_STATE) - FINAL
 # Refusals after which the totals moved: re-read them (1101), recompute, send a new message.
 RECOMPUTE = frozenset({"ACCUM_CONFLICT", "INSUFFICIENT_BALANCE", "MSGID_REUSED", "MSG_REVERSED"})
 UNAVAILABLE = {"code": "PLATFORM_UNAVAILABLE",
@@ -154,7 +159,7 @@ _BY_KEY = select(T).where(T.c.fixmedins_code == bindparam("b_fixmedins_code"),
                           T.c.request_key == bindparam("b_request_key"))
 _INSERT = insert(T)
 _EMPTY_ROW = {c.name: None for c in T.columns}  # a row's columns not given at insert (all nullable)
-_CLAIM = update(T).where(T.c.setl_id == bindparam("b_setl_id"), T.c.state.not_in(FINAL),
+_CLAIM = update(T).where(T.c.setl_id == bindparam("b_setl_id"), T.c.state.in_(sorted(OPEN)),
                          or_(T.c.runner.is_(None), T.c.runner == bindparam("b_runner"),
                              T.c.run_until < bindparam("b_now")))
 _UPDATE_MINE = update(T).where(T.c.setl_id == bindparam("b_setl_id"), T.c.runner == bindparam("b_runner"))
@@ -166,7 +171,7 @@ _LEASE_HOLDER = select(LEASE.c.holder).where(LEASE.c.person_key == bindparam("b_
 _INSERT_LEASE = insert(LEASE)
 # Only settlements of insured provinces whose platform this hub can reach (configured): a hub
 # sharing the database without one must not take work it cannot drive.
-_DUE = (select(T.c.setl_id).where(T.c.state.not_in(FINAL), T.c.insuplc.in_(bindparam("b_provinces", expanding=True)),
+_DUE = (select(T.c.setl_id).where(T.c.state.in_(sorted(OPEN)), T.c.insuplc.in_(bindparam("b_provinces", expanding=True)),
                                   or_(T.c.runner.is_(None), T.c.runner == bindparam("b_runner"),
                                                                 T.c.run_until < bindparam("b_now")))
         .order_by(T.c.next_at).limit(bindparam("b_limit")))
@@ -202,6 +207,10 @@ class Store:
     timeout, no Python lock: the loop never blocks); when another writer holds the lock, or
     committed between this transaction's read and its first write, SQLite says busy at once, the
     transaction is rolled back and runs again in a thread, which waits as writers usually do.
+    The loop's connection runs the ``_op_*`` statements on sqlite3 directly
+    (``settlement.sqlite_loop``: SQLAlchemy compiles them once; its per-execution machinery was
+    half of the database time of a bill). The resume sweep (``adue``: an expanding IN) runs in a
+    thread through SQLAlchemy.
     A settlement's transactions are a few hundred microseconds of CPU; handing each to a thread
     cost far more (every statement gives up the GIL, and a thread waits up to the switch
     interval, 5 ms, to get it back while the loop is busy: a convoy that capped the hub at ~40
@@ -212,7 +221,9 @@ class Store:
         self.engine, self.lease = engine, runner_lease
         self.w = _Serialized(writer(engine)) if is_sqlite(engine) else writer(engine)
         self.inline = is_sqlite(engine) and not isinstance(engine.pool, StaticPool)
-        self._conn = self._raw = None  # the event loop's own connection (SQLite file), made on first use
+        # The event loop's own connection (SQLite file), made on first use; its statements run
+        # on the sqlite3 connection directly (``sqlite_loop``), the rest through SQLAlchemy.
+        self._conn = self._raw = self._loop = None
 
     # -- running from the event loop --------------------------------------------------------------
 
@@ -220,8 +231,8 @@ class Store:
         """``op(conn, ...)`` in a write transaction (``op`` is one of the ``_op_*`` below)."""
         if self.inline:
             try:
-                with self._loop_conn().begin():
-                    return op(self._conn, *args, **kw)
+                with self._loop_conn().begin() as conn:
+                    return op(conn, *args, **kw)
             except OperationalError as exc:
                 if not _is_busy(exc):
                     raise
@@ -232,8 +243,8 @@ class Store:
         """``op(conn, ...)`` for a read (on the loop's connection a short transaction too)."""
         if self.inline:
             try:
-                with self._loop_conn().begin():
-                    return op(self._conn, *args)
+                with self._loop_conn().begin() as conn:
+                    return op(conn, *args)
             except OperationalError as exc:
                 if not _is_busy(exc):
                     raise
@@ -257,14 +268,14 @@ class Store:
         with self.engine.connect() as conn:
             return op(conn, *args)
 
-    def _loop_conn(self):
+    def _loop_conn(self) -> LoopConnection:
         if self._conn is None or self._conn.closed:
-            conn = self.engine.connect()  # not writer(): its BEGIN IMMEDIATE could wait
+            conn = self.engine.connect()  # the engine's pragmas; not writer(): BEGIN IMMEDIATE could wait
             self._raw = conn.connection.dbapi_connection
             self._raw.execute("PRAGMA busy_timeout=0")
             conn.detach()  # never back in the pool (with busy_timeout 0): closed with this Store
-            self._conn = conn
-        return self._conn
+            self._conn, self._loop = conn, LoopConnection(self._raw, self.engine.dialect)
+        return self._loop
 
     def close(self) -> None:
         """Close the loop's connection (the next ``run`` makes a new one)."""
@@ -371,8 +382,10 @@ class Store:
 
     async def adue(self, runner: str, exclude: set[str], provinces: list[str],
                    limit: int = 1000) -> list[str]:
-        return [s for s in await self.read(self._op_due, runner, limit, provinces)
-                if s not in exclude]
+        # In a thread: its expanding IN is rendered per execution, which only SQLAlchemy does
+        # (the loop's connection refuses it); the sweep runs every few seconds.
+        rows = await asyncio.to_thread(self._read_in_thread, self._op_due, runner, limit, provinces)
+        return [s for s in rows if s not in exclude]
 
     # -- synchronous (any thread: tests, tools) -------------------------------------------------
 
