@@ -16,11 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start(database_url: str, port: int, mllp_port: int = 0, extra_env: dict | None = None
           ) -> subprocess.Popen:
-    """``yrdhub serve`` on ``port``; returns once ``/healthz`` answers (or raises)."""
+    """``yrdhub serve`` on ``port``; returns once ``/healthz`` answers (or raises). Its log
+    (stderr) goes to the file ``BENCH_HUB_LOG`` names, if set (appended), else nowhere."""
     env = {**os.environ, "YRDHUB_DATABASE_URL": database_url, "YRDHUB_MLLP_PORT": str(mllp_port),
            "YRDHUB_LOG_LEVEL": "WARNING", **(extra_env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(os.environ.get("BENCH_HUB_LOG", os.devnull), "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(port)],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

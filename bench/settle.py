@@ -129,7 +129,7 @@ async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, l
             overheads.append(time.perf_counter() - start - 2 * latency)
             status = orjson.loads(answer).get("status", status) if status < 500 else status
             statuses[status] = statuses.get(status, 0) + 1
-    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu0 = {name: cpu_split(pid) for name, pid in pids.items()}
     own0 = time.process_time()
     start = time.perf_counter()
     try:
@@ -137,7 +137,8 @@ async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, l
         await asyncio.gather(feed(queue, persons, n, callers, rate), *(caller(offset) for offset in offsets))
     finally:
         elapsed = time.perf_counter() - start
-        cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+        split = {name: [now - then for now, then in zip(cpu_split(pid), cpu0[name])] for name, pid in pids.items()}
+        cpu = {name: user + system for name, (user, system) in split.items()}
         cpu["callers"] = time.process_time() - own0
         await session.close()
     overheads.sort()
@@ -146,15 +147,48 @@ async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, l
           + f"platform {latency * 1000:.0f} ms per call: "
           f"{n / elapsed:.0f} settlements/s; hub overhead p50 {pct(0.50):.1f} ms, p99 {pct(0.99):.1f} ms; "
           f"statuses {statuses}" + (f"; {resent[0]} resent after a transport error" if resent[0] else ""))
-    print("CPU per settlement: " + ", ".join(f"{name} {seconds / n * 1000:.2f} ms" for name, seconds in cpu.items()))
+    print("CPU per settlement: " + ", ".join(f"{name} {seconds / n * 1000:.2f} ms" for name, seconds in cpu.items())
+          + f" (hub: user {split['hub'][0] / n * 1000:.2f}, system {split['hub'][1] / n * 1000:.2f})")
+
+
+def hub_side(url: str) -> str:
+    """The hub's own view (its /metrics): the mean time a settle request spent in its handler
+    and the mean wait for each platform call (what the caller saw beyond the handler is outside
+    it: sockets, the hub's loop before and after); and how often its event loop woke a sleeper
+    late by more than 10 and 25 ms (a late loop delays every request and platform answer)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: dict[str, float] = {}
+    lag: dict[float, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for sample in family.samples:
+            name, labels = sample.name, sample.labels
+            if name == "yrdhub_event_loop_lag_seconds_bucket":
+                lag[float(labels["le"])] = sample.value
+            elif name.endswith(("_sum", "_count")) and (labels.get("route") == "/settlement/settle" or "infno" in labels):
+                key = (labels["infno"] if "infno" in labels else "settle", name.rsplit("_", 1)[1])
+                sums[key] = sums.get(key, 0.0) + sample.value
+    mean = lambda what: sums.get((what, "sum"), 0.0) / max(sums.get((what, "count"), 0.0), 1) * 1000  # noqa: E731
+    wakes = lag.get(float("inf"), 0.0)
+    late = lambda le: int(wakes - lag.get(le, wakes))  # noqa: E731
+    return (f"hub side: settle handler mean {mean('settle'):.1f} ms; platform calls mean 1101 {mean('1101'):.1f} ms, "
+            f"2207 {mean('2207'):.1f} ms; loop wake-ups {int(wakes)}, late > 10 ms {late(0.01)}, > 25 ms {late(0.025)}, "
+            f"> 50 ms {late(0.05)}")
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of process ``pid`` so far (Linux /proc)."""
     import os
 
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
 def start_sims(persons: Path, latency_ms: int, base_port: int | None = None) -> tuple[subprocess.Popen, dict]:
@@ -202,6 +236,7 @@ def main() -> None:
             toks = tokens(Path(tmp) / "hub.db")
             asyncio.run(run(f"http://127.0.0.1:{port}", toks, persons, args.n, args.callers,
                             args.latency_ms / 1000, {"hub": procs[0].pid, "platforms": sims.pid}, args.rate))
+            print(hub_side(f"http://127.0.0.1:{port}"))
         finally:
             for proc in procs:
                 proc.terminate()

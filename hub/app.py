@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(portal.router)
     app.state.starters = [start_platform, hl7_ingest.start_mllp, settlement_api.start,
-                          start_transfers]
+                          start_transfers, start_loop_watch]
     _install_operating(app)
     return app
 
@@ -65,6 +65,15 @@ async def start_platform(app: FastAPI):
 
     async def stop():
         await app.state.platform.aclose()
+    return stop
+
+
+async def start_loop_watch(app: FastAPI):
+    task = asyncio.create_task(metrics.watch_loop())
+
+    async def stop():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     return stop
 
 

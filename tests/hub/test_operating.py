@@ -45,3 +45,26 @@ def test_logs_of_a_real_upload_and_lookup_hold_no_full_id(hub):
     assert "upload stored" in written
     assert "3304**********002X" in written
     assert RID not in written
+
+
+def test_loop_watch_sees_a_step_that_holds_the_event_loop():
+    import asyncio
+    import time
+
+    from prometheus_client import REGISTRY
+
+    from hub import metrics
+
+    def late(beyond: str) -> float:
+        total = REGISTRY.get_sample_value("yrdhub_event_loop_lag_seconds_count")
+        return total - REGISTRY.get_sample_value("yrdhub_event_loop_lag_seconds_bucket", {"le": beyond})
+
+    async def go():
+        watch = asyncio.create_task(metrics.watch_loop(period=0.01))
+        await asyncio.sleep(0.05)
+        before = late("0.1")
+        time.sleep(0.15)  # a step that does not give the loop back
+        await asyncio.sleep(0.05)
+        watch.cancel()
+        return late("0.1") - before
+    assert asyncio.run(go()) == 1
