@@ -8,11 +8,14 @@ hub (``yrdhub serve``, a SQLite file in a temporary folder) as a subprocess; ``-
 concurrent callers settle distinct bills. Without ``--rate`` the loop is closed (each caller
 sends its next bill when it has the last answer: the most the hub sustains); with it, bills
 arrive at that rate (open loop) and wait for a free caller. Callers start spread over one round
-trip. Prints settlements/s and, per settlement, the hub's overhead = the caller's latency minus
-the platform time it needed (two calls: 1101 and 2207, each ``--latency-ms``), p50 and p99; then
-the CPU each process spent per settlement. The bound is callers / (2 x latency) = 500/s for 200
-and 200 ms. All three processes share this machine's cores, so the overhead includes the
-platforms' and the callers' own scheduling delays.
+trip. Prints settlements/s (over the whole run, and from the first answer to the last: the
+rate sustained, without the first and last round trip) and, per settlement, the hub's overhead =
+the caller's latency minus the platform time it needed (two calls: 1101 and 2207, each
+``--latency-ms``), p50 and p99; then the CPU each process spent per settlement; then the hub's
+own view from its /metrics (time in the settle handler, the wait for each platform call, how
+often its event loop woke late). The bound is callers / (2 x latency) = 500/s for 200 and 200 ms.
+All three processes share this machine's cores, so the overhead includes the platforms' and the
+callers' own scheduling delays. ``BENCH_HUB_LOG=file`` keeps the hub's log.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ async def feed(queue: asyncio.Queue, persons: list[dict], n: int, callers: int, 
 async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, latency: float,
               pids: dict[str, int], rate: float | None = None) -> None:
     queue: asyncio.Queue = asyncio.Queue()
-    overheads, statuses, resent = [], {}, [0]
+    overheads, done_at, statuses, resent = [], [], {}, [0]
     # One aiohttp session for all callers (a connection each): the load generator shares the
     # two cores with the hub and the platforms, so it should cost as little CPU as it can (httpx
     # cost it 0.9 ms per bill, this 0.4), and its own event-loop delays count as hub overhead.
@@ -126,7 +129,8 @@ async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, l
                     resent[0] += 1                      # the same request_key again is safe
                     if attempt == 2:
                         raise
-            overheads.append(time.perf_counter() - start - 2 * latency)
+            done_at.append(time.perf_counter())
+            overheads.append(done_at[-1] - start - 2 * latency)
             status = orjson.loads(answer).get("status", status) if status < 500 else status
             statuses[status] = statuses.get(status, 0) + 1
     cpu0 = {name: cpu_split(pid) for name, pid in pids.items()}
@@ -145,7 +149,7 @@ async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, l
     pct = lambda q: overheads[min(len(overheads) - 1, int(q * len(overheads)))] * 1000  # noqa: E731
     print(f"{n} settlements, {callers} callers, " + (f"offered {rate:.0f}/s, " if rate else "closed loop, ")
           + f"platform {latency * 1000:.0f} ms per call: "
-          f"{n / elapsed:.0f} settlements/s; hub overhead p50 {pct(0.50):.1f} ms, p99 {pct(0.99):.1f} ms; "
+          f"{n / elapsed:.0f} settlements/s (first to last answer: {(n - 1) / (done_at[-1] - done_at[0]):.0f}/s); hub overhead p50 {pct(0.50):.1f} ms, p99 {pct(0.99):.1f} ms; "
           f"statuses {statuses}" + (f"; {resent[0]} resent after a transport error" if resent[0] else ""))
     print("CPU per settlement: " + ", ".join(f"{name} {seconds / n * 1000:.2f} ms" for name, seconds in cpu.items())
           + f" (hub: user {split['hub'][0] / n * 1000:.2f}, system {split['hub'][1] / n * 1000:.2f})")
