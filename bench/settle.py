@@ -1,6 +1,7 @@
 """Benchmark of the settlement path: settlements/s and the hub's own added latency.
 
     python -m bench.settle [--n 3000] [--callers 200] [--latency-ms 200] [--persons 800] [--rate R]
+                           [--warmup 2]
 
 Starts the four simulated platforms (every call answered after ``--latency-ms``) seeded with
 ``--persons`` cloned insured persons (so per-person serialisation is not the bottleneck), and a
@@ -11,7 +12,9 @@ arrive at that rate (open loop) and wait for a free caller. Callers start spread
 trip. Prints settlements/s (over the whole run, and from the first answer to the last: the
 rate sustained, without the first and last round trip) and, per settlement, the hub's overhead =
 the caller's latency minus the platform time it needed (two calls: 1101 and 2207, each
-``--latency-ms``), p50 and p99; then the CPU each process spent per settlement; then the hub's
+``--latency-ms``), p50 and p99, over every bill and over those sent after ``--warmup``
+seconds (the first connections to the platforms and cold caches are the first seconds' cost,
+not a running hub's); then the CPU each process spent per settlement; then the hub's
 own view from its /metrics (time in the settle handler, the wait for each platform call, how
 often its event loop woke late). The bound is callers / (2 x latency) = 500/s for 200 and 200 ms.
 All three processes share this machine's cores, so the overhead includes the platforms' and the
@@ -101,7 +104,7 @@ async def feed(queue: asyncio.Queue, persons: list[dict], n: int, callers: int, 
 
 
 async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, latency: float,
-              pids: dict[str, int], rate: float | None = None) -> None:
+              pids: dict[str, int], rate: float | None = None, warmup: float = 2.0) -> None:
     queue: asyncio.Queue = asyncio.Queue()
     overheads, done_at, statuses, resent = [], [], {}, [0]
     # One aiohttp session for all callers (a connection each): the load generator shares the
@@ -130,12 +133,12 @@ async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, l
                     if attempt == 2:
                         raise
             done_at.append(time.perf_counter())
-            overheads.append(done_at[-1] - start - 2 * latency)
+            overheads.append((start - began, done_at[-1] - start - 2 * latency))
             status = orjson.loads(answer).get("status", status) if status < 500 else status
             statuses[status] = statuses.get(status, 0) + 1
     cpu0 = {name: cpu_split(pid) for name, pid in pids.items()}
     own0 = time.process_time()
-    start = time.perf_counter()
+    began = start = time.perf_counter()
     try:
         offsets = [0.0] * callers if rate else [i * 2 * latency / callers for i in range(callers)]
         await asyncio.gather(feed(queue, persons, n, callers, rate), *(caller(offset) for offset in offsets))
@@ -145,11 +148,14 @@ async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, l
         cpu = {name: user + system for name, (user, system) in split.items()}
         cpu["callers"] = time.process_time() - own0
         await session.close()
-    overheads.sort()
-    pct = lambda q: overheads[min(len(overheads) - 1, int(q * len(overheads)))] * 1000  # noqa: E731
+    everything = sorted(o for _, o in overheads)
+    steady = sorted(o for sent, o in overheads if sent >= warmup)
+    pct = lambda q, xs=everything: xs[min(len(xs) - 1, int(q * len(xs)))] * 1000 if xs else float("nan")  # noqa: E731
     print(f"{n} settlements, {callers} callers, " + (f"offered {rate:.0f}/s, " if rate else "closed loop, ")
           + f"platform {latency * 1000:.0f} ms per call: "
-          f"{n / elapsed:.0f} settlements/s (first to last answer: {(n - 1) / (done_at[-1] - done_at[0]):.0f}/s); hub overhead p50 {pct(0.50):.1f} ms, p99 {pct(0.99):.1f} ms; "
+          f"{n / elapsed:.0f} settlements/s (first to last answer: {(n - 1) / (done_at[-1] - done_at[0]):.0f}/s); hub overhead p50 {pct(0.50):.1f} ms, p99 {pct(0.99):.1f} ms, "
+          f"of the bills sent after the first {warmup:g} s ({len(steady)}): p50 {pct(0.5, steady):.1f} ms, "
+          f"p99 {pct(0.99, steady):.1f} ms; "
           f"statuses {statuses}" + (f"; {resent[0]} resent after a transport error" if resent[0] else ""))
     print("CPU per settlement: " + ", ".join(f"{name} {seconds / n * 1000:.2f} ms" for name, seconds in cpu.items())
           + f" (hub: user {split['hub'][0] / n * 1000:.2f}, system {split['hub'][1] / n * 1000:.2f})")
@@ -227,6 +233,9 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=200)
     parser.add_argument("--latency-ms", type=int, default=200)
     parser.add_argument("--persons", type=int, default=800)
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds at the start whose bills are left out of the second pair of "
+                             "percentiles (the hub's first connections to the platforms, cold caches)")
     parser.add_argument("--rate", type=float, default=None,
                         help="offer bills at this rate (open loop); default: as fast as the callers go")
     args = parser.parse_args()
@@ -239,7 +248,8 @@ def main() -> None:
             procs.insert(0, start_hub(Path(tmp) / "hub.db", sims_env, port))
             toks = tokens(Path(tmp) / "hub.db")
             asyncio.run(run(f"http://127.0.0.1:{port}", toks, persons, args.n, args.callers,
-                            args.latency_ms / 1000, {"hub": procs[0].pid, "platforms": sims.pid}, args.rate))
+                            args.latency_ms / 1000, {"hub": procs[0].pid, "platforms": sims.pid}, args.rate,
+                            args.warmup))
             print(hub_side(f"http://127.0.0.1:{port}"))
         finally:
             for proc in procs:
