@@ -191,6 +191,9 @@ class _Serialized:
             yield conn
 
 
+_BUSY = object()  # Store._on_loop: SQLite was busy, run it in a thread
+
+
 def _is_busy(exc: OperationalError) -> bool:
     code = getattr(exc.orig, "sqlite_errorcode", None) or 0  # extended: BUSY_SNAPSHOT is BUSY too
     return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc.orig)
@@ -223,42 +226,35 @@ class Store:
         self.inline = is_sqlite(engine) and not isinstance(engine.pool, StaticPool)
         # The event loop's own connection (SQLite file), made on first use; its statements run
         # on the sqlite3 connection directly (``sqlite_loop``), the rest through SQLAlchemy.
-        self._conn = self._raw = self._loop = None
+        self._conn = self._loop = None
 
     # -- running from the event loop --------------------------------------------------------------
 
     async def run(self, op, *args: Any, **kw: Any) -> Any:
         """``op(conn, ...)`` in a write transaction (``op`` is one of the ``_op_*`` below)."""
-        if self.inline:
-            try:
-                with self._loop_conn().begin() as conn:
-                    return op(conn, *args, **kw)
-            except OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-                self._after_busy()
+        if self.inline and (done := self._on_loop(op, *args, **kw)) is not _BUSY:
+            return done
         return await asyncio.to_thread(self._in_thread, op, *args, **kw)
 
     async def read(self, op, *args: Any) -> Any:
         """``op(conn, ...)`` for a read (on the loop's connection a short transaction too)."""
-        if self.inline:
-            try:
-                with self._loop_conn().begin() as conn:
-                    return op(conn, *args)
-            except OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-                self._after_busy()
+        if self.inline and (done := self._on_loop(op, *args)) is not _BUSY:
+            return done
         return await asyncio.to_thread(self._read_in_thread, op, *args)
 
-    def _after_busy(self) -> None:
-        """Leave no transaction open on the loop's connection (a COMMIT that said busy keeps
-        it open): roll back, or drop the connection."""
+    def _on_loop(self, op, *args: Any, **kw: Any) -> Any:
+        """``op`` in a transaction on the loop's connection; ``_BUSY`` when SQLite said busy
+        (rolled back: the caller runs it in a thread)."""
         try:
-            if self._raw.in_transaction:
-                self._raw.rollback()
-        except Exception:  # noqa: BLE001 - a fresh connection next time
-            self.close()
+            with self._loop_conn().begin() as conn:
+                return op(conn, *args, **kw)
+        except OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            return _BUSY
+        finally:
+            if self._loop is not None and self._loop.raw.in_transaction:  # its rollback failed:
+                self.close()                                                # a fresh one next time
 
     def _in_thread(self, op, *args: Any, **kw: Any) -> Any:
         with self.w.begin() as conn:
@@ -271,17 +267,17 @@ class Store:
     def _loop_conn(self) -> LoopConnection:
         if self._conn is None or self._conn.closed:
             conn = self.engine.connect()  # the engine's pragmas; not writer(): BEGIN IMMEDIATE could wait
-            self._raw = conn.connection.dbapi_connection
-            self._raw.execute("PRAGMA busy_timeout=0")
+            raw = conn.connection.dbapi_connection
+            raw.execute("PRAGMA busy_timeout=0")
             conn.detach()  # never back in the pool (with busy_timeout 0): closed with this Store
-            self._conn, self._loop = conn, LoopConnection(self._raw, self.engine.dialect)
+            self._conn, self._loop = conn, LoopConnection(raw, self.engine.dialect)
         return self._loop
 
     def close(self) -> None:
         """Close the loop's connection (the next ``run`` makes a new one)."""
         if self._conn is not None and not self._conn.closed:
             self._conn.close()
-        self._conn = None
+        self._conn = self._loop = None
 
     # -- the transactions ---------------------------------------------------------------------------
 
@@ -384,8 +380,7 @@ class Store:
                    limit: int = 1000) -> list[str]:
         # In a thread: its expanding IN is rendered per execution, which only SQLAlchemy does
         # (the loop's connection refuses it); the sweep runs every few seconds.
-        rows = await asyncio.to_thread(self._read_in_thread, self._op_due, runner, limit, provinces)
-        return [s for s in rows if s not in exclude]
+        return await asyncio.to_thread(self.due, runner, exclude, provinces, limit)
 
     # -- synchronous (any thread: tests, tools) -------------------------------------------------
 

@@ -123,19 +123,18 @@ class LoopConnection:
 
     @contextmanager
     def begin(self) -> Iterator[LoopConnection]:
-        """BEGIN ... COMMIT; rolled back on any exception. A COMMIT that fails raises
-        OperationalError with the transaction still open (the caller rolls back)."""
+        """BEGIN ... COMMIT; rolled back on any exception, a COMMIT that fails (busy) too."""
         self.raw.execute("BEGIN")
         try:
             yield self
+            try:
+                self.raw.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                raise sa_exc.OperationalError("COMMIT", None, exc) from exc
         except BaseException:
             if self.raw.in_transaction:
                 self.raw.rollback()
             raise
-        try:
-            self.raw.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            raise sa_exc.OperationalError("COMMIT", None, exc) from exc
 
     def execute(self, stmt, params: Mapping[str, Any] | None = None) -> Result:
         params = params or {}
