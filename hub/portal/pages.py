@@ -81,6 +81,16 @@ def csrf_refused(request: Request, session: PatientSession) -> Response:
                 message="为保护您的安全，本次提交未被接受（页面已过期或来源不明）。请返回后重新操作。")
 
 
+async def signed_in_form(request: Request) -> tuple[PatientSession, dict[str, Any]] | Response:
+    """The signed-in patient's session and posted form; else the answer to give instead: the
+    sign-in page (no session) or 403 (the form's CSRF token is not the session's)."""
+    session = sessions.current(request)
+    if session is None:
+        return to_login()
+    form = await form_with_csrf(request, session)
+    return csrf_refused(request, session) if form is None else (session, form)
+
+
 # -- sign-in ---------------------------------------------------------------------------------------
 
 
@@ -159,12 +169,10 @@ def sharing_page(request: Request) -> Response:
 
 @router.post("/sharing")
 async def post_sharing(request: Request) -> Response:
-    session = sessions.current(request)
-    if session is None:
-        return to_login()
-    form = await form_with_csrf(request, session)
-    if form is None:
-        return csrf_refused(request, session)
+    signed = await signed_in_form(request)
+    if isinstance(signed, Response):
+        return signed
+    session, form = signed
     choices = sharing.SharingChoices(cross_province=form.get("cross_province") == "on",
                                      **{c: form.get(c) == "on" for c in sharing.CATEGORIES})
     sharing.set_choices(request.app.state.engine, session.patient_id, choices)
@@ -188,12 +196,10 @@ def new_transfer(request: Request) -> Response:
 
 @router.post("/transfers")
 async def post_transfer(request: Request) -> Response:
-    session = sessions.current(request)
-    if session is None:
-        return to_login()
-    form = await form_with_csrf(request, session)
-    if form is None:
-        return csrf_refused(request, session)
+    signed = await signed_in_form(request)
+    if isinstance(signed, Response):
+        return signed
+    session, form = signed
     chosen = {"to_admdvs": str(form.get("to_admdvs") or ""), "insutype": str(form.get("insutype") or "")}
     try:
         created = api.create_transfer(request, session, chosen["to_admdvs"], chosen["insutype"])
@@ -216,11 +222,10 @@ def transfer_page(request: Request, transfer_id: str) -> Response:
 
 @router.post("/transfers/{transfer_id}/cancel")
 async def post_cancel(request: Request, transfer_id: str) -> Response:
-    session = sessions.current(request)
-    if session is None:
-        return to_login()
-    if await form_with_csrf(request, session) is None:
-        return csrf_refused(request, session)
+    signed = await signed_in_form(request)
+    if isinstance(signed, Response):
+        return signed
+    session, _form = signed
     try:
         await api.cancel_transfer(request, session, transfer_id)
     except HubError as exc:
