@@ -21,10 +21,10 @@ LOOP_LAG = Histogram("yrdhub_event_loop_lag_seconds", "Lateness of the event loo
                      buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
 
 
-async def watch_loop(period: float = 0.05) -> None:
-    """Observe LOOP_LAG every ``period`` seconds, until cancelled."""
+async def watch_loop(period: float = 0.05, into: Histogram = LOOP_LAG) -> None:
+    """Observe the loop's lag into ``into`` every ``period`` seconds, until cancelled."""
     loop = asyncio.get_running_loop()
     while True:
         start = loop.time()
         await asyncio.sleep(period)
-        LOOP_LAG.observe(max(0.0, loop.time() - start - period))
+        into.observe(max(0.0, loop.time() - start - period))

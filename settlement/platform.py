@@ -204,6 +204,11 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 # ---------------------------------------------------------------------------------------------
 
 
+# next_msgid's sequence, per (party, second): one for the process, shared by every client.
+_SEQ_LOCK = threading.Lock()
+_SEQ: dict[tuple[str, str], itertools.count] = {}
+
+
 class PlatformClient:
     """The hub's client of the four platforms: per province, up to ``max_connections`` pooled
     connections (``settlement.transport``).
@@ -236,8 +241,6 @@ class PlatformClient:
             tls = httpx.create_ssl_context(trust_env=False)
             self._transports = {p: AiohttpTransport(max_connections=max_connections, verify=tls)
                                 for p in PROVINCE_ADMDVS}
-        self._seq_lock = threading.Lock()
-        self._seq: dict[tuple[str, str], itertools.count] = {}
 
     async def aclose(self) -> None:
         for transport in set(self._transports.values()):
@@ -252,7 +255,9 @@ class PlatformClient:
     # -- msgids and envelopes -------------------------------------------------------------------
 
     def next_msgid(self, party: str | None = None, now: datetime | None = None) -> str:
-        """A fresh msgid for ``party`` (default the hub), unique within this process.
+        """A fresh msgid for ``party`` (default the hub), unique within this process: the
+        sequence is the module's, so two clients in one process (the service's and a
+        reconciliation's, say) do not hand out the same msgid in the same second.
 
         Not unique across processes or restarts within the same second: a caller that must
         find the message again after a crash (2207, transfers) should persist it, and may build
@@ -261,10 +266,11 @@ class PlatformClient:
         now = to_cst(now or datetime.now(CST))
         party = party_code(party or self.sender_code)
         stamp = f"{now:%Y%m%d%H%M%S}"
-        with self._seq_lock:
-            if len(self._seq) > 1000:  # forget past seconds
-                self._seq = {k: v for k, v in self._seq.items() if k[1] == stamp}
-            seq = next(self._seq.setdefault((party, stamp), itertools.count(1)))
+        global _SEQ
+        with _SEQ_LOCK:
+            if len(_SEQ) > 1000:  # forget past seconds
+                _SEQ = {k: v for k, v in _SEQ.items() if k[1] == stamp}
+            seq = next(_SEQ.setdefault((party, stamp), itertools.count(1)))
         return new_msgid(party, now, seq)
 
     def envelope(self, infno: str, input: Mapping[str, Any], msgid: str, *, insuplc_admdvs: str,

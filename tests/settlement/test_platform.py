@@ -83,6 +83,17 @@ def test_next_msgid_is_unique_within_a_second():
     run(c.aclose())
 
 
+def test_two_clients_in_one_process_never_share_a_msgid():
+    # The service's client and a second one (reconciliation, a test's) in the same second: the
+    # platform refuses a reused msgid with other content (MSGID_REUSED).
+    a, b = PlatformClient({}), PlatformClient({})
+    now = datetime(2024, 3, 15, 12, 31, 7, tzinfo=CST)
+    ids = [c.next_msgid(None, now) for _ in range(50) for c in (a, b)]
+    assert len(set(ids)) == 100
+    run(a.aclose())
+    run(b.aclose())
+
+
 def test_envelope_is_built_as_specified():
     c = PlatformClient({})
     env = c.envelope("2207", {"a": 1}, "H31011800012202403151230450001", insuplc_admdvs="330421",
