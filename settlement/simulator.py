@@ -166,8 +166,9 @@ class Faults:
     retry_after`` when it is set (maintenance: 60 when unset). ``reset_rate`` resets the connection
     (TCP RST) after the request arrived, before processing. ``drop_answer_rate`` processes, then
     resets instead of answering. ``non_json_rate`` processes, then answers 200 with an HTML page.
-    ``slow_rate`` delays the answer by ``slow_ms`` (after processing, or before it with
-    ``slow_before_processing``); ``latency_ms`` delays every answer. ``next_faults`` is a queue
+    ``slow_rate`` delays the answer by ``slow_ms`` more (processing at once, or only then with
+    ``slow_before_processing``); ``latency_ms``: every answer leaves that long after its request
+    arrived (processed at once, then held), whatever processing took. ``next_faults`` is a queue
     ("reset", "drop", "non_json", "slow", "503", "429" - not processed - or "502", "504" -
     processed, then the gateway's error) applied to the next messages before any rate.
     """
@@ -738,6 +739,7 @@ class _Request:
     headers: dict[str, str]
     body: bytes
     keep_alive: bool
+    arrived: float = 0.0  # the loop's time when the head was read: latency counts from it
 
 
 @dataclass
@@ -760,6 +762,13 @@ class _Response:
         if not keep_alive:
             lines.append("Connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+
+
+async def _sleep_until(when: float) -> None:
+    """Sleep until the loop's time ``when`` (not at all when it has passed)."""
+    delay = when - asyncio.get_running_loop().time()
+    if delay > 0:
+        await asyncio.sleep(delay)
 
 
 def _json(status: int, value: Any) -> _Response:
@@ -787,6 +796,7 @@ async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
         return None
     except asyncio.LimitOverrunError:
         raise _BadRequest("request head too long") from None
+    arrived = asyncio.get_running_loop().time()
     lines = head.decode("latin-1").split("\r\n")
     try:
         method, target, version = lines[0].split(" ")
@@ -814,7 +824,7 @@ async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
         body = await reader.readexactly(length) if length else b""
     connection = headers.get("connection", "").lower()
     keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-    return _Request(method, urlsplit(target).path, headers, body, keep_alive)
+    return _Request(method, urlsplit(target).path, headers, body, keep_alive, arrived)
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
@@ -945,7 +955,7 @@ class _Server:
         if match is None or match.group(1) not in platform.handlers:
             return _json(404, {"infcode": -1, "err_msg": "未知交易", "output": {"err_code": "NO_SUCH_INFNO"}})
         with platform.in_flight_call():
-            return await self._api(platform, match.group(1), request.body)
+            return await self._api(platform, match.group(1), request.body, request.arrived)
 
     def _control_faults(self, body: bytes) -> _Response:
         try:
@@ -954,7 +964,10 @@ class _Server:
             return _json(400, {"error": str(exc)})
         return _json(200, {"ok": True})
 
-    async def _api(self, platform: Platform, infno: str, body: bytes) -> _Response:
+    async def _api(self, platform: Platform, infno: str, body: bytes, arrived: float) -> _Response:
+        """One platform call. ``latency_ms`` (and a slow answer's ``slow_ms``) count from the
+        request's arrival: the answer leaves then, whatever reading and processing took, so
+        that a fixed latency is what the caller sees (the benchmark subtracts it)."""
         platform.note_received(infno, body)
         plan, faults = platform.plan(), platform.faults
         status, processed_first = (503, False) if plan.maintenance else BUSY_FAULTS.get(plan.kind, (0, False))
@@ -966,13 +979,11 @@ class _Server:
             return _Response(status, "系统繁忙或维护中，请稍后再试".encode(), "text/plain; charset=utf-8", headers)
         if plan.kind == "reset":
             return _Response(0, reset=True)
-        if faults.latency_ms:
-            await asyncio.sleep(faults.latency_ms / 1000)
+        answer_at = arrived + faults.latency_ms / 1000 + (faults.slow_ms / 1000 if plan.slow else 0.0)
         if plan.slow and faults.slow_before_processing:
-            await asyncio.sleep(faults.slow_ms / 1000)
+            await _sleep_until(answer_at)
         status, answer = self._process(platform, infno, body)
-        if plan.slow and not faults.slow_before_processing:
-            await asyncio.sleep(faults.slow_ms / 1000)
+        await _sleep_until(answer_at)
         if plan.kind == "drop":
             return _Response(0, reset=True)
         if plan.kind == "non_json":

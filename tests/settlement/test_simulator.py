@@ -400,6 +400,24 @@ def test_drop_answer_processes_then_resets(sims, http):
     assert len(sims.ledger("ZJ")) == 1  # committed, although nobody heard
 
 
+def test_a_fixed_latency_counts_from_the_request_and_holds_the_processed_answer(sims, http):
+    # The answer leaves latency_ms after the request came in, whatever processing took (the
+    # benchmark subtracts exactly that): processed at once, then held.
+    import threading
+    import time
+
+    sims.set_latency(800, "ZJ")
+    answers: list[dict] = []
+    started = time.monotonic()
+    call = threading.Thread(target=lambda: answers.append(post(http, sims, "ZJ", "2207", settle_input())))
+    call.start()
+    time.sleep(0.4)
+    committed_early = len(sims.ledger("ZJ"))
+    call.join()
+    assert committed_early == 1 and answers[0]["infcode"] == 0
+    assert time.monotonic() - started >= 0.8
+
+
 def test_reset_before_processing_commits_nothing(sims, http):
     sims.set_faults("ZJ", next_faults=["reset"])
     with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
