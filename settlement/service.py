@@ -813,7 +813,7 @@ class SettlementService:
                 row["insuplc_admdvs"], msgid=row["msgid"], mdtrtarea_admvs=row["mdtrtarea_admvs"],
                 fixmedins_code=row["fixmedins_code"], psn_no=row["psn_no"], insutype=row["insutype"],
                 mdtrt_id=row["mdtrt_id"], setl_id=row["setl_id"],
-                setl_time=datetime.strptime(row["setl_time"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=CST),
+                setl_time=datetime.fromisoformat(row["setl_time"]).replace(tzinfo=CST),  # the hub's own "YYYY-MM-DD HH:MM:SS"
                 accum_year=row["accum_year"], accum_version=row["accum_version"], split=split)
         except PlatformError as exc:
             return exc
