@@ -132,3 +132,52 @@ def test_the_resume_sweep_looks_up_open_settlements_by_index_not_by_scanning(eng
         [(sql, params)] = [s for s in seen if s[0].lstrip().upper().startswith("SELECT")]
         plan = " ".join(str(r) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params))
     assert "ix_settlement_state" in plan and "SCAN settlement" not in plan
+
+
+def test_the_loop_connection_never_checkpoints_and_the_store_checkpoints_in_its_stead(engine, tmp_path):
+    # A checkpoint syncs the file to disk: on the loop's connection that would hold the event
+    # loop, so it is off there (SQLite's default is every 1,000 pages of log) and the service
+    # runs Store.checkpoint in a thread instead.
+    import asyncio
+
+    from settlement.service import Store
+
+    store = Store(engine, 15.0)
+    page = engine.connect().exec_driver_sql("PRAGMA page_size").scalar()
+
+    async def write(first: int, n: int):
+        for i in range(first, first + n):
+            await store.run(Store._op_insert_or_get, row(f"CK{i:05d}"))
+    asyncio.run(write(0, 1500))
+    wal = tmp_path / "hub.db-wal"
+    grown = wal.stat().st_size
+    assert grown > 2000 * page  # with the default it would have been reset at ~1,000 pages
+
+    busy, frames, copied = store.checkpoint()
+    assert (busy, copied) == (0, frames) and frames * page <= grown
+    asyncio.run(write(1500, 50))  # the next writer starts the log over: it does not grow
+    assert wal.stat().st_size == grown
+    with engine.connect() as conn:
+        assert conn.execute(select(T.c.setl_id).where(T.c.setl_id.like("CK%"))).all().__len__() == 1550
+    store.close()
+
+
+def test_the_service_checkpoints_a_sqlite_file_from_a_thread(engine, monkeypatch):
+    import asyncio
+    import threading
+
+    from settlement.platform import PlatformClient
+    from settlement.service import SettlementService, Store
+
+    called = []
+    monkeypatch.setattr(Store, "checkpoint_every", 0.02)
+    monkeypatch.setattr(Store, "checkpoint", lambda self: called.append(threading.current_thread()))
+
+    async def go():
+        service = SettlementService(engine, PlatformClient({}))
+        await service.start()
+        await asyncio.sleep(0.2)
+        await service.stop()
+        await service.platform.aclose()
+    asyncio.run(go())
+    assert len(called) >= 3 and threading.main_thread() not in called
