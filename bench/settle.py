@@ -9,7 +9,7 @@ hub (``yrdhub serve``, a SQLite file in a temporary folder) as a subprocess; ``-
 concurrent callers settle distinct bills. Without ``--rate`` the loop is closed (each caller
 sends its next bill when it has the last answer: the most the hub sustains); with it, bills
 arrive at that rate (open loop) and wait for a free caller. Callers start spread over one round
-trip. Prints settlements/s (over the whole run, and from the first answer to the last: the
+trip, on connections opened before the clock starts. Prints settlements/s (over the whole run, and from the first answer to the last: the
 rate sustained, without the first and last round trip) and, per settlement, the hub's overhead =
 the caller's latency minus the platform time it needed (two calls: 1101 and 2207, each
 ``--latency-ms``), p50 and p99, over every bill and over those sent after ``--warmup``
@@ -128,14 +128,16 @@ async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, l
                             "Authorization": f"Bearer {toks[province]}", "Content-Type": "application/json"}) as r:
                         status, answer = r.status, await r.read()
                     break
-                except aiohttp.ClientConnectionError:  # a keep-alive connection closed under us:
-                    resent[0] += 1                      # the same request_key again is safe
+                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):  # a keep-alive connection
+                    # closed under us (the hub closes one idle for 5 s):
+                    resent[0] += 1  # the same request_key again is safe
                     if attempt == 2:
                         raise
             done_at.append(time.perf_counter())
             overheads.append((start - began, done_at[-1] - start - 2 * latency))
             status = orjson.loads(answer).get("status", status) if status < 500 else status
             statuses[status] = statuses.get(status, 0) + 1
+    await open_connections(session, callers)
     cpu0 = {name: cpu_split(pid) for name, pid in pids.items()}
     own0 = time.process_time()
     began = start = time.perf_counter()
@@ -159,6 +161,17 @@ async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, l
           f"statuses {statuses}" + (f"; {resent[0]} resent after a transport error" if resent[0] else ""))
     print("CPU per settlement: " + ", ".join(f"{name} {seconds / n * 1000:.2f} ms" for name, seconds in cpu.items())
           + f" (hub: user {split['hub'][0] / n * 1000:.2f}, system {split['hub'][1] / n * 1000:.2f})")
+
+
+async def open_connections(session: aiohttp.ClientSession, n: int) -> None:
+    """Open the callers' ``n`` keep-alive connections to the hub before the clock starts (as
+    wrk and h2load do): the insurance platforms that call the hub keep theirs open, so the
+    hub's accepting them is not a settlement's latency. The hub's own connections to the
+    platforms are not opened ahead: those the first seconds pay for (``--warmup``)."""
+    async def one():
+        async with session.get("/healthz") as r:
+            await r.read()
+    await asyncio.gather(*(one() for _ in range(n)))
 
 
 def hub_side(url: str) -> str:
