@@ -47,12 +47,13 @@ CASES = {
 
 def make_persons(path: Path, per_case: int) -> list[dict]:
     """Write ``per_case`` clones of each CASES person to ``path``; returns the clones, each
-    with its ``case`` (card_no is the certificate: type 03)."""
+    with its ``case`` (card_no is the certificate: type 03), the cases taking turns: bills of
+    the four insured provinces arrive mixed, as they would, not a province at a time."""
     source = json.loads((ROOT / "fixtures" / "persons.json").read_text())
     by_psn = {p["psn_no"]: p for p in source["persons"]}
     persons = []
-    for template_no in CASES:
-        for i in range(per_case):
+    for i in range(per_case):
+        for template_no in CASES:
             clone = {k: v for k, v in by_psn[template_no].items() if k != "note"}
             clone.update(psn_no=f"{template_no[:6]}9{i:07d}", card_no=f"C{template_no[:2]}{i:07d}", evoucher=[])
             clone["case"] = template_no
@@ -168,8 +169,8 @@ async def open_connections(session: aiohttp.ClientSession, n: int) -> None:
     wrk and h2load do): the insurance platforms that call the hub keep theirs open, so the
     hub's accepting them is not a settlement's latency. The hub's own connections to the
     platforms are not opened ahead: those the first seconds pay for (``--warmup``)."""
-    async def one():
-        async with session.get("/healthz") as r:
+    async def one():  # any request opens one; this one (nothing at /) is the cheapest: a 404
+        async with session.get("/") as r:
             await r.read()
     await asyncio.gather(*(one() for _ in range(n)))
 
