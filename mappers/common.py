@@ -502,19 +502,24 @@ def insurance_identifier(card: str, place: str | None) -> dict[str, Any]:
     return identifier
 
 
-def department_concept(code: str | None, name: str | None) -> dict[str, Any] | None:
-    """A department as a CodeableConcept (coded when a code, text when a name); None with neither."""
-    if not code and not name:
+def codeable_concept(code: str | None, system: str | None, display: str | None,
+                     text: str | None) -> dict[str, Any] | None:
+    """A CodeableConcept: one coding when a code (with its system and display when given), the
+    text when one; None with neither. Empty strings count as absent."""
+    if not code and not text:
         return None
     concept: dict[str, Any] = {}
     if code:
-        coding = {"system": DEPARTMENT_SYSTEM, "code": code}
-        if name:
-            coding["display"] = name
-        concept["coding"] = [coding]
-    if name:
-        concept["text"] = name
+        coding = {"system": system, "code": code, "display": display}
+        concept["coding"] = [{k: v for k, v in coding.items() if v}]
+    if text:
+        concept["text"] = text
     return concept
+
+
+def department_concept(code: str | None, name: str | None) -> dict[str, Any] | None:
+    """A department as a CodeableConcept (coded when a code, text when a name); None with neither."""
+    return codeable_concept(code, DEPARTMENT_SYSTEM, name, name)
 
 
 def hospital_organization(code: str, name: str | None = None) -> dict[str, Any]:

@@ -63,6 +63,7 @@ from mappers.common import (
     UnreadableUpload,
     clean,
     decimal_json,
+    codeable_concept,
     department_concept,
     fhir_date,
     fhir_datetime,
@@ -564,19 +565,7 @@ def concept(el: etree._Element | None, system: str | None = None) -> dict[str, A
     code = _attr(el, "code")
     display = _attr(el, "displayName")
     text = display or _text(el.find("h:originalText", NS))
-    if code is None and text is None:
-        return None
-    result: dict[str, Any] = {}
-    if code is not None:
-        coding: dict[str, Any] = {"code": code}
-        if sys_ := system or _system(_attr(el, "codeSystem")):
-            coding["system"] = sys_
-        if display:
-            coding["display"] = display
-        result["coding"] = [coding]
-    if text:
-        result["text"] = text
-    return result
+    return codeable_concept(code, system or _system(_attr(el, "codeSystem")), display, text)
 
 
 def _absent(el: etree._Element | None) -> dict[str, Any]:
