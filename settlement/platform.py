@@ -43,6 +43,7 @@ import asyncio
 import email.utils
 import itertools
 import logging
+import random
 import re
 import threading
 import time
@@ -206,7 +207,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 # next_msgid's sequence, per (party, second): one for the process, shared by every client.
 _SEQ_LOCK = threading.Lock()
-_SEQ: dict[tuple[str, str], itertools.count] = {}
+_SEQ: dict[tuple[str, str], tuple[int, itertools.count]] = {}  # -> (random start, issued)
 
 
 class PlatformClient:
@@ -257,11 +258,13 @@ class PlatformClient:
     def next_msgid(self, party: str | None = None, now: datetime | None = None) -> str:
         """A fresh msgid for ``party`` (default the hub), unique within this process: the
         sequence is the module's, so two clients in one process (the service's and a
-        reconciliation's, say) do not hand out the same msgid in the same second.
+        reconciliation's, say) do not hand out the same msgid in the same second. Each
+        (party, second) starts at a random number, so another hub process clashes seldom (the
+        platform then refuses ``MSGID_REUSED``, and a read may simply ask again).
 
         Not unique across processes or restarts within the same second: a caller that must
-        find the message again after a crash (2207, transfers) should persist it, and may build
-        it with ``new_msgid`` from its own sequence instead. ValueError past 10,000 a second.
+        find the message again after a crash (2207, transfers) should persist it. ValueError
+        past 10,000 a second.
         """
         now = to_cst(now or datetime.now(CST))
         party = party_code(party or self.sender_code)
@@ -270,8 +273,11 @@ class PlatformClient:
         with _SEQ_LOCK:
             if len(_SEQ) > 1000:  # forget past seconds
                 _SEQ = {k: v for k, v in _SEQ.items() if k[1] == stamp}
-            seq = next(_SEQ.setdefault((party, stamp), itertools.count(1)))
-        return new_msgid(party, now, seq)
+            start, count = _SEQ.setdefault((party, stamp), (random.randrange(10_000), itertools.count()))
+            issued = next(count)
+        if issued >= 10_000:
+            raise ValueError(f"more than 10,000 msgids for {party} in one second")
+        return new_msgid(party, now, (start + issued) % 10_000)
 
     def envelope(self, infno: str, input: Mapping[str, Any], msgid: str, *, insuplc_admdvs: str,
                  mdtrtarea_admvs: str | None = None, fixmedins_code: str | None = None,

@@ -64,8 +64,7 @@ from hub.errors import Conflict, Forbidden, HubError, NotFound, Unprocessable
 from mappers.common import CST, scrub
 
 from .models import Settlement, SettlementMsgid, SettlementPersonLease
-from .platform import (PlatformClient, PlatformError, OutcomeUnknown, Refused, SPLIT_FIELDS, fmt_time,
-                       new_msgid)
+from .platform import PlatformClient, PlatformError, OutcomeUnknown, Refused, SPLIT_FIELDS, fmt_time
 from .reference import default_reference, province_of
 from .sqlite_loop import LoopConnection
 from .rules import (PersonInfo, PersonInfoInvalid, Refusal, RequestInvalid, SettleRequest, compute_split,
@@ -457,7 +456,6 @@ class SettlementService:
         self.runner = uuid.uuid4().hex[:16]
         self.tasks: dict[str, asyncio.Task] = {}
         self.person_locks: dict[str, asyncio.Lock] = {}
-        self._seq = random.randrange(10000)  # a per-process offset: fewer clashes across processes
         self._sweeper: asyncio.Task | None = None
         self._checkpointer: asyncio.Task | None = None
 
@@ -604,8 +602,7 @@ class SettlementService:
         return (202 if answer["status"] == "pending" else 200), answer
 
     def _msgid(self, party: str) -> str:
-        self._seq = (self._seq + 1) % 10000
-        return new_msgid(party, datetime.now(CST), self._seq)
+        return self.platform.next_msgid(party)
 
     # -- platform reads and the rules -----------------------------------------------------------
 

@@ -33,7 +33,7 @@ from hub.errors import Unauthenticated
 from hub.portal.models import PortalSession
 from hub.store import patient_for_resident_id
 from mappers.common import InvalidValue, mask_resident_id, normalize_resident_id
-from settlement.platform import HUB_PARTY, PlatformError, Refused, new_msgid
+from settlement.platform import PlatformError, Refused
 
 COOKIE = "yrd_session"
 CSRF_COOKIE = "yrd_csrf"
@@ -97,11 +97,11 @@ async def sign_in(platform: Any, province: str, code: str) -> dict[str, Any]:
 
 async def _person_info(platform: Any, province: str, code: str, tries: int = 3) -> dict[str, Any]:
     """1101 by e-voucher. A read: when the platform says its msgid was already used (another hub
-    process, or a restart, in the same second), it is asked again under a new msgid."""
+    process, or a restart, in the same second), it is asked again under a new msgid (the
+    client's next, which starts each second at a random number)."""
     for attempt in range(tries):
-        msgid = None if attempt == 0 else new_msgid(HUB_PARTY, datetime.now(_UTC), secrets.randbelow(4000) + 1000)
         try:
-            return await platform.person_info(province, "01", code, msgid=msgid)
+            return await platform.person_info(province, "01", code)
         except Refused as exc:
             if exc.err_code != "MSGID_REUSED" or attempt == tries - 1:
                 raise

@@ -238,3 +238,29 @@ def test_sharing_page_form_needs_csrf(portal):
         assert saved.status_code == 303
         assert c.get("/api/me/sharing").json() == {"cross_province": False,
                                                    "sensitive": {"mental": True, "hiv": False, "sti": False}}
+
+
+def test_sign_in_asks_1101_again_when_its_msgid_was_already_used_and_not_on_other_refusals():
+    import asyncio
+
+    import pytest
+
+    from hub.portal.sessions import _person_info
+    from settlement.platform import Refused
+
+    class Platform:  # refuses the first ``refusals``, then answers
+        def __init__(self, *refusals):
+            self.refusals, self.calls = list(refusals), 0
+
+        async def person_info(self, province, cert_type, code):
+            self.calls += 1
+            if self.refusals:
+                raise Refused(self.refusals.pop(0), "", {})
+            return {"baseinfo": {"certno": code}}
+
+    reused = Platform("MSGID_REUSED")
+    assert asyncio.run(_person_info(reused, "ZJ", "EV1"))["baseinfo"]["certno"] == "EV1" and reused.calls == 2
+    unknown = Platform("PERSON_NOT_FOUND")
+    with pytest.raises(Refused):
+        asyncio.run(_person_info(unknown, "ZJ", "EV1"))
+    assert unknown.calls == 1

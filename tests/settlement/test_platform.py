@@ -94,6 +94,18 @@ def test_two_clients_in_one_process_never_share_a_msgid():
     run(b.aclose())
 
 
+def test_next_msgid_starts_each_second_at_a_random_number_and_stops_at_10000():
+    # Random starts: another hub process, in the same second, seldom picks the same msgid.
+    c = PlatformClient({})
+    firsts = {c.next_msgid(None, datetime(2024, 3, 15, 12, 32, s, tzinfo=CST))[-4:] for s in range(40)}
+    assert len(firsts) > 1
+    now = datetime(2024, 3, 15, 12, 33, 0, tzinfo=CST)
+    assert len({c.next_msgid(HOSPITAL, now) for _ in range(10_000)}) == 10_000
+    with pytest.raises(ValueError):
+        c.next_msgid(HOSPITAL, now)
+    run(c.aclose())
+
+
 def test_envelope_is_built_as_specified():
     c = PlatformClient({})
     env = c.envelope("2207", {"a": 1}, "H31011800012202403151230450001", insuplc_admdvs="330421",
