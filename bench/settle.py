@@ -225,7 +225,7 @@ def start_sims(persons: Path, latency_ms: int, base_port: int | None = None) -> 
     for _ in range(5):
         proc = subprocess.Popen([sys.executable, "-m", "settlement.simulator", "--base-port",
                                  str(base_port or free_port()), "--persons", str(persons), "--latency-ms",
-                                 str(latency_ms)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 str(latency_ms), "--keep-alive"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 text=True)
         lines = [proc.stdout.readline().strip() for _ in range(4)]
         if all("=" in line for line in lines):

@@ -8,7 +8,8 @@ envelope built here; the answer is classified into exactly one outcome:
     ├── NotSent                    connection refused, DNS, connect timeout, no free connection:
     │                              nothing left the hub, sending again is always safe
     ├── OutcomeUnknown             sent, no usable answer: read timeout, reset or close after
-    │   │                          sending, 5xx, an answer that is not JSON or not for this msgid;
+    │   │                          sending, 5xx, an answer that is not JSON or whose infcode is
+    │   │                          neither 0 nor -1;
     │   │                          the platform may have processed it
     │   └── PlatformBusy           HTTP 429/502/503/504 (maintenance, overload), with
     │                              ``retry_after`` seconds when the platform sent Retry-After
@@ -76,6 +77,8 @@ RESEND_SAFE: dict[str, bool] = {
     "2207": False, "2601": False,
 }
 BUSY_STATUSES = frozenset({429, 502, 503, 504})
+# The answer's infcode (a number or a string of one): 0 success, -1 a business refusal.
+INFCODES: dict[str, str] = {"0": "ok", "-1": "refused"}
 HUB_PARTY = "YRDHUB"
 ENVELOPE_CONSTANTS = {"recer_sys_code": "YRDHUB", "infver": "V1.0", "opter_type": "1"}
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
@@ -430,15 +433,7 @@ class PlatformClient:
             answer = orjson.loads(response.content)
         except orjson.JSONDecodeError:
             raise OutcomeUnknown(f"{label}: answer is not JSON", **where) from None
-        if not isinstance(answer, dict) or "infcode" not in answer:
-            raise OutcomeUnknown(f"{label}: answer has no infcode", **where)
-        if answer.get("inf_refmsgid") not in (None, "", where["msgid"]):
-            raise OutcomeUnknown(f"{label}: answer is for another message", **where)
-        output = answer.get("output") or {}
-        if str(answer["infcode"]) != "0":
-            err_code = str(output.get("err_code") or f"INFCODE_{answer['infcode']}")
-            raise Refused(err_code, scrub(str(answer.get("err_msg") or "")), output, **where)
-        return output
+        return interpret(answer, **where)
 
     # -- typed helpers, one per transaction ------------------------------------------------------
 
@@ -549,6 +544,32 @@ class PlatformClient:
             inp["fund_txn_id"] = fund_txn_id
         return await self.call(from_admdvs, "4103", inp, msgid)
 
+
+
+def interpret(answer: Any, *, province: str | None = None, infno: str | None = None,
+              msgid: str | None = None) -> dict[str, Any]:
+    """The ``output`` of a platform answer (a call's, or the first answer a 5205 returns).
+
+    Raises ``Refused`` for infcode -1 (``err_code`` ``UNKNOWN`` when the output names none) and
+    ``OutcomeUnknown`` for anything that is not an answer of the contract (no infcode, or one
+    other than 0 and -1). ``inf_refmsgid`` is the platform's own id for its answer, not an echo
+    of ``msgid``: it is logged for the record and never matched against the request. Fields the
+    contract does not name are ignored.
+    """
+    where = {"province": province, "infno": infno, "msgid": msgid}
+    label = f"{province} {infno}"
+    if not isinstance(answer, dict) or "infcode" not in answer:
+        raise OutcomeUnknown(f"{label}: answer has no infcode", **where)
+    log.debug("%s answered msgid=%s inf_refmsgid=%s", label, msgid, answer.get("inf_refmsgid"))
+    infcode = INFCODES.get(str(answer["infcode"]).strip())
+    if infcode is None:
+        raise OutcomeUnknown(f"{label}: infcode {str(answer['infcode'])[:20]!r} is not 0 or -1", **where)
+    output = answer.get("output")
+    output = output if isinstance(output, dict) else {}
+    if infcode == "refused":
+        err_code = str(output.get("err_code") or "UNKNOWN")
+        raise Refused(err_code, scrub(str(answer.get("err_msg") or "")), output, **where)
+    return output
 
 
 def client_from_env(environ: Mapping[str, str], **kwargs: Any) -> PlatformClient:

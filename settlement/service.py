@@ -64,7 +64,7 @@ from hub.errors import Conflict, Forbidden, HubError, NotFound, Unprocessable
 from mappers.common import CST, scrub
 
 from .models import Settlement, SettlementMsgid, SettlementPersonLease
-from .platform import PlatformClient, PlatformError, OutcomeUnknown, Refused, SPLIT_FIELDS, fmt_time
+from .platform import PlatformClient, PlatformError, OutcomeUnknown, Refused, SPLIT_FIELDS, fmt_money, fmt_time, interpret
 from .reference import default_reference, province_of
 from .sqlite_loop import LoopConnection
 from .rules import (PersonInfo, PersonInfoInvalid, Refusal, RequestInvalid, SettleRequest, compute_split,
@@ -849,11 +849,10 @@ class SettlementService:
                                                 fixmedins_code=row["fixmedins_code"])
         if not out.get("found") or out.get("status") == "reversed":
             return None
-        response = out.get("response") or {}
-        output = response.get("output") or {}
-        if str(response.get("infcode")) == "0":
-            return output
-        return Refused(str(output.get("err_code") or "UNKNOWN"), scrub(str(response.get("err_msg") or "")), output)
+        try:
+            return interpret(out.get("response"), province=row["insuplc_admdvs"], infno="2207", msgid=row["msgid"])
+        except Refused as exc:
+            return exc
 
     async def _on_refusal(self, row: dict, exc: Refused) -> dict | tuple[dict, bool]:
         """A 2207 refusal: committed already, recompute and a new message (the new row), or final."""
@@ -872,13 +871,17 @@ class SettlementService:
         """Committed: the 2207 output, or a DUPLICATE_SETL_ID's committed settlement (whose
         amounts are taken when they differ: the platform committed an earlier computation)."""
         values: dict[str, Any] = {"insurer_setl_id": output.get("insurer_setl_id")}
-        if duplicate and all(name in output for name in SPLIT_FIELDS):
-            mine = orjson.loads(row["split"])
-            theirs = {name: str(output[name]) for name in SPLIT_FIELDS}
-            if theirs != {name: mine[name] for name in SPLIT_FIELDS}:
-                log.warning("settlement %s: committed amounts differ from the last computation; taking "
-                            "the platform's", row["setl_id"])
-                values["split"] = orjson.dumps({name: theirs[name] for name in mine}).decode()
+        # The contract names no list of the amounts a DUPLICATE_SETL_ID carries: compare those it
+        # does carry. Where they differ the platform committed an earlier computation, and the
+        # committed amounts are the truth; amounts it does not carry cannot be checked.
+        mine = orjson.loads(row["split"])
+        theirs = {name: fmt_money(output[name]) for name in SPLIT_FIELDS if duplicate and name in output}
+        if any(theirs[name] != mine[name] for name in theirs):
+            log.warning("settlement %s: committed amounts differ from the last computation; taking "
+                        "the platform's", row["setl_id"])
+            if len(theirs) < len(SPLIT_FIELDS):
+                values["last_error"] = f"committed amounts differ; the platform named only {sorted(theirs)}"
+            values["split"] = orjson.dumps({**mine, **theirs}).decode()
         state = "voided" if duplicate and output.get("status") == "voided" else "settled"
         return await self._finish(row, state, **values)
 

@@ -321,7 +321,7 @@ class Platform:
                 return self._answer(msgid, refusal=SimRefusal("MSGID_REUSED"))
             key = (infno, str(inp.get("transfer_id"))) if infno in TRANSFER_INFNOS else None
             if key in self.transfer_answers:
-                answer = dict(self.transfer_answers[key], inf_refmsgid=msgid)
+                answer = self.transfer_answers[key]
             else:
                 # AH only: a message it already processed successfully is committed again,
                 # without the setl_id and totals-version checks (insurer-api.md).
@@ -343,9 +343,18 @@ class Platform:
         return self._answer(envelope["msgid"], output=output)
 
     def _answer(self, msgid: str, output: dict | None = None, refusal: SimRefusal | None = None) -> dict:
-        answer: dict[str, Any] = {"infcode": 0, "inf_refmsgid": msgid,
-                                  "respond_time": fmt_time(self.world.now()), "err_msg": "",
-                                  "output": output or {}}
+        """An answer as the national platform forms it, where the contract leaves the choice open:
+        ``inf_refmsgid`` is the platform's own id (its area code, the time, a serial), never an
+        echo of ``msgid``; the output comes first; fields the contract does not name ride along;
+        the Content-Type and the connection's fate differ by province (``_Server``). A client
+        that leans on anything else breaks here first."""
+        now = self.world.now()
+        answer: dict[str, Any] = {
+            "output": output or {}, "warn_msg": "", "cainfo": "", "signtype": "",
+            "refmsg_time": f"{now:%Y%m%d%H%M%S}",
+            "inf_refmsgid": f"{self.admdvs}{now:%Y%m%d%H%M%S}{self.world.next_no():08d}",
+            "respond_time": fmt_time(now), "err_msg": "", "infcode": 0,
+        }
         if refusal is not None:
             message = REFUSAL_MESSAGES.get(refusal.code, refusal.code)
             answer.update(infcode=-1, err_msg=f"{message}{'：' + refusal.detail if refusal.detail else ''}",
@@ -726,6 +735,11 @@ IDLE_TIMEOUT = 120.0  # an idle keep-alive connection is closed after this
 MAX_HEAD = 64 * 1024
 MAX_BODY = 16 * 1024 * 1024
 JSON_TYPE = "application/json; charset=utf-8"
+# Where the contract leaves the choice open the provinces differ: SH and JS send no charset in
+# Content-Type, and SH and AH close the connection after every answer (HTTP/1.0 style) while JS
+# and ZJ keep it alive.
+BARE_JSON_TYPE = {"SH": "application/json", "JS": "application/json"}
+CLOSE_AFTER_ANSWER = frozenset({"SH", "AH"})
 
 
 class _BadRequest(Exception):
@@ -856,8 +870,10 @@ class _Server:
 
     request_queue_size = 1024
 
-    def __init__(self, address: tuple[str, int], platform: Platform):
+    def __init__(self, address: tuple[str, int], platform: Platform, *, keep_alive: bool = True):
         self.platform = platform
+        self.keep_alive = keep_alive  # False: every answer says Connection: close, then closes
+        self.json_type = BARE_JSON_TYPE.get(platform.province, JSON_TYPE)
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -916,8 +932,9 @@ class _Server:
                 if response.reset:
                     _abort_with_reset(transport)
                     return
-                writer.write(response.encode(request.keep_alive))
-                if not request.keep_alive:
+                keep_alive = request.keep_alive and self.keep_alive
+                writer.write(response.encode(keep_alive))
+                if not keep_alive:
                     return
                 try:
                     await writer.drain()
@@ -988,7 +1005,7 @@ class _Server:
             return _Response(0, reset=True)
         if plan.kind == "non_json":
             return _Response(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
-        return _json(status, answer)
+        return _Response(status, orjson.dumps(answer), self.json_type)
 
     @staticmethod
     def _process(platform: Platform, infno: str, body: bytes) -> tuple[int, dict]:
@@ -1107,13 +1124,15 @@ class Simulators:
 
 def start_simulators(ports: dict[str, int] | None = None, persons_path: str | Path | None = None, *,
                      host: str = "127.0.0.1", clock: Callable[[], datetime] | None = None,
-                     ledger_path: str | Path | None = None) -> Simulators:
+                     ledger_path: str | Path | None = None,
+                     close_after_answer: frozenset[str] = CLOSE_AFTER_ANSWER) -> Simulators:
     """Start the four platforms (one event loop in a background thread) and return them running.
 
     ``ports``: province -> port; absent or 0 picks a free port. ``persons_path``: the persons to
     seed (default ``fixtures/persons.json``). ``clock``: the platforms' "now" (+08:00), for the
     72 h window, token expiry and dates. ``ledger_path``: a JSON file rewritten after every
-    message with every province's ledger. Raises OSError when a port is taken.
+    message with every province's ledger. ``close_after_answer``: the provinces that close the
+    connection after each answer (the rest keep it alive). Raises OSError when a port is taken.
     """
     world = World(clock=clock, ledger_path=ledger_path)
     persons = load_persons(persons_path)
@@ -1122,7 +1141,8 @@ def start_simulators(ports: dict[str, int] | None = None, persons_path: str | Pa
         for province in PROVINCE_ADMDVS:
             platform = Platform(province, world, persons)
             world.platforms[province] = platform
-            servers[province] = _Server((host, (ports or {}).get(province, 0)), platform)
+            servers[province] = _Server((host, (ports or {}).get(province, 0)), platform,
+                                        keep_alive=province not in close_after_answer)
     except OSError:
         for server in servers.values():
             server.socket.close()
@@ -1137,13 +1157,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--persons", default=None, help="persons JSON (default fixtures/persons.json)")
     parser.add_argument("--ledger-file", default=None, help="write the ledgers to this JSON file")
     parser.add_argument("--latency-ms", type=int, default=0, help="answer every call after N ms")
+    parser.add_argument("--keep-alive", action="store_true",
+                        help="every province keeps connections alive (default: SH and AH close them after each answer)")
     args = parser.parse_args(argv)
     from hub.cli import tune_gc
 
     tune_gc()  # the collector's pauses would be the platforms' latency
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     ports = {p: args.base_port + i for i, p in enumerate(PROVINCE_ADMDVS)}
-    sims = start_simulators(ports, args.persons, host=args.host, ledger_path=args.ledger_file)
+    sims = start_simulators(ports, args.persons, host=args.host, ledger_path=args.ledger_file,
+                            close_after_answer=frozenset() if args.keep_alive else CLOSE_AFTER_ANSWER)
     if args.latency_ms:
         sims.set_latency(args.latency_ms)
     for name, url in sims.env().items():

@@ -385,9 +385,23 @@ def test_retries_stop_after_the_attempts(sims):
     assert timed() - before == 4  # every send is timed, the unanswered ones too
 
 
-def test_answer_for_another_msgid_is_not_used():
+def test_inf_refmsgid_is_the_platforms_own_id_and_never_matched():
+    """insurer-api.md: inf_refmsgid is the platform's id for its answer, not an echo of ours."""
     def platform(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"infcode": 0, "inf_refmsgid": "SOMEONE-ELSE", "output": {"x": 1}})
+        return httpx.Response(200, json={"output": {"x": 1}, "extra": True, "infcode": 0,
+                                         "inf_refmsgid": "3100002024031512304500000017"},
+                              headers={"Content-Type": "application/json"})
+
+    async def go():
+        async with client({"SH": "http://sh.invalid"}, transport=httpx.MockTransport(platform), attempts=1) as c:
+            return await c.query_outcome("SH", "whatever")
+    assert run(go()) == {"x": 1}
+
+
+@pytest.mark.parametrize("infcode", [1, "-2", None, "ok"])
+def test_an_infcode_outside_the_contract_is_not_an_outcome(infcode):
+    def platform(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"infcode": infcode, "output": {"err_code": "X"}})
 
     async def go():
         async with client({"SH": "http://sh.invalid"}, transport=httpx.MockTransport(platform), attempts=1) as c:

@@ -4,6 +4,7 @@ client), so that they are checked against insurer-api.md on their own."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -117,7 +118,9 @@ def test_2207_commits_moves_totals_and_balance(sims, http):
     mid = msgid()
     answer = post(http, sims, "ZJ", "2207", settle_input(), mid)
     out = answer["output"]
-    assert answer["infcode"] == 0 and answer["inf_refmsgid"] == mid
+    # The platform's own id for its answer, as the national platform forms it: never an echo.
+    assert answer["infcode"] == 0 and answer["inf_refmsgid"] != mid
+    assert re.fullmatch(r"330000\d{14}\d{8}", answer["inf_refmsgid"])
     assert out["accum"] == {"year": 2024, "dedc_accu": "800.00", "fund_pay_accu": "3227.90", "version": 18}
     assert out["balc"] == "1225.26"
     [entry] = sims.ledger("ZJ")
@@ -459,3 +462,20 @@ def test_busy_faults_process_like_a_gateway_would(sims, http, kind, commits):
 def test_unknown_fault_kind_is_refused(sims):
     with pytest.raises(ValueError):
         sims.set_faults("ZJ", next_faults=["explode"])
+
+
+@pytest.mark.parametrize("province,content_type,closes", [
+    ("SH", "application/json", True), ("JS", "application/json", False),
+    ("ZJ", "application/json; charset=utf-8", False), ("AH", "application/json; charset=utf-8", True),
+])
+def test_provinces_differ_where_the_contract_leaves_the_choice(sims, province, content_type, closes):
+    """Charset or none, a connection closed after each answer or kept, extra fields, output first:
+    each a choice insurer-api.md leaves to the platform, made differently across provinces."""
+    envelope = {"infno": "1101", "msgid": msgid(), "input": {"mdtrt_cert_type": "02", "mdtrt_cert_no": LISI}}
+    with httpx.Client(timeout=5, trust_env=False) as client:
+        r = client.post(f"{sims.urls[province]}/api/1101", json=envelope)
+    assert r.headers["content-type"] == content_type
+    assert (r.headers.get("connection") == "close") is closes
+    answer = r.json()
+    assert list(answer)[0] == "output" and {"warn_msg", "cainfo"} <= set(answer)
+    assert answer["inf_refmsgid"] != envelope["msgid"]
