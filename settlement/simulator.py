@@ -297,6 +297,7 @@ class Platform:
         self.rng = random.Random()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.holds: dict[str, asyncio.Event] = {}  # infno -> answers wait for it (processed already)
         self.handlers: dict[str, Callable[[dict, dict, bool], dict]] = {
             "1101": self._person_info, "2207": self._settle, "2208": self._void,
             "2601": self._reverse, "5205": self._query, "3201": self._reconcile_total,
@@ -1001,6 +1002,8 @@ class _Server:
             await _sleep_until(answer_at)
         status, answer = self._process(platform, infno, body)
         await _sleep_until(answer_at)
+        if (hold := platform.holds.get(infno)) is not None:
+            await hold.wait()
         if plan.kind == "drop":
             return _Response(0, reset=True)
         if plan.kind == "non_json":
@@ -1088,6 +1091,17 @@ class Simulators:
         """Answer every call after ``latency_ms`` (the benchmark's fixed latency); no other fault."""
         for p in [province] if province else list(self.platforms):
             self.platforms[p].set_faults(latency_ms=latency_ms)
+
+    def hold_answers(self, province: str, infno: str) -> Callable[[], None]:
+        """From now on, messages ``infno`` to ``province`` are processed as they arrive but
+        answered only once the returned function is called (tests: let another party act
+        between a message's processing and its answer, with no timing involved)."""
+        event = self.platforms[province].holds[infno] = asyncio.Event()
+
+        def release() -> None:
+            self.platforms[province].holds.pop(infno, None)
+            self._loop.call_soon_threadsafe(event.set)
+        return release
 
     def max_in_flight(self, province: str) -> int:
         return self.platforms[province].max_in_flight

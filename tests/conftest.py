@@ -25,6 +25,8 @@ FIXTURES = ROOT / "fixtures"
 PEERS = ROOT.parent / "shared" / "peers"
 PG_URL = os.environ.get("YRDHUB_TEST_POSTGRES_URL")
 DATABASES = ["sqlite"] + (["postgresql"] if PG_URL else [])
+# Fixtures shared through tests/support: the platforms (``sims``) and a settlement hub (``shub``).
+pytest_plugins = ["tests.support.platforms", "tests.support.settlement"]
 
 
 def free_port() -> int:
@@ -136,3 +138,9 @@ def hub_server(engine, database_url):
 def hub(hub_server, db) -> Hub:
     """A running hub with an empty database."""
     return hub_server
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from tests.support.platforms import stop_sandbox
+
+    stop_sandbox()

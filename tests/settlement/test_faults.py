@@ -21,7 +21,9 @@ import pytest
 
 from bench.settle import bill, make_persons, start_hub, tokens
 from settlement import simulator
+from settlement.simulator import PROVINCE_ADMDVS
 from tests.conftest import free_port
+from tests.support.platforms import KINDS, SandboxPlatforms, SimulatorPlatforms, sandbox_persons
 
 N = 200
 FAULTS = dict(slow_rate=0.05, slow_ms=1500, fail_503_rate=0.05, reset_rate=0.05, drop_answer_rate=0.05,
@@ -59,48 +61,75 @@ async def final_states(url: str, toks: dict, answers: dict, timeout: float) -> d
             await asyncio.sleep(0.5)
 
 
-@pytest.fixture
-def world(tmp_path):
+# The sandbox's own fault profile (its README): the same kinds, drawn by the sandbox itself.
+SANDBOX_FAULTS = dict(latency_max=0.3, p_503=0.05, p_retry_after=0.5, retry_after_s=1, p_reset=0.05,
+                      p_drop_after=0.05, p_non_json=0.03, p_non_json_processed=0.5)
+
+
+@pytest.fixture(params=KINDS)
+def world(request, tmp_path):
     persons = make_persons(tmp_path / "persons.json", 10)  # 40 persons, 5 bills each
-    sims = simulator.start_simulators(persons_path=tmp_path / "persons.json")
-    yield tmp_path, persons, sims
+    if request.param == "simulator":
+        sims = SimulatorPlatforms(persons_path=tmp_path / "persons.json")
+        env = sims.env()
+    else:
+        sims = SandboxPlatforms(sandbox_persons(tmp_path / "persons.json"))
+        env = sims.direct_env()
+    yield tmp_path, persons, sims, env
     sims.stop()
 
 
+def faults_on(sims) -> None:
+    for seed, province in enumerate(PROVINCE_ADMDVS):
+        if sims.kind == "sandbox":
+            sims.set_native_faults({province: dict(seed=seed, **SANDBOX_FAULTS)})
+        else:
+            sims.set_faults(province, seed=seed, retry_after=(1 if province in ("SH", "AH") else None), **FAULTS)
+
+
+def faults_off(sims) -> None:
+    if sims.kind == "sandbox":
+        sims.set_native_faults({p: None for p in PROVINCE_ADMDVS})
+    else:
+        sims.clear_faults()
+
+
+def committed(sims) -> int:
+    return sum(len(sims.settlements(p)) for p in PROVINCE_ADMDVS)
+
+
 def test_burst_with_every_fault_and_a_killed_hub(world):
-    tmp, persons, sims = world
+    tmp, persons, sims, env = world
     calls = []
     for i in range(N):
         province, body = bill(persons[i % len(persons)], f"F-{i}")
         calls.append((f"F-{i}", province, body))
-    for seed, province in enumerate(sims.urls):
-        sims.set_faults(province, seed=seed, retry_after=(1 if province in ("SH", "AH") else None), **FAULTS)
+    faults_on(sims)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    hub = start_hub(tmp / "hub.db", sims.env(), port, HUB_ENV)
+    hub = start_hub(tmp / "hub.db", env, port, HUB_ENV)
     toks = tokens(tmp / "hub.db")
     answers: dict = {}
 
     async def burst_and_kill():
         task = asyncio.create_task(send_all(url, toks, calls, answers))
-        await asyncio.sleep(3.0)
+        while committed(sims) < N // 10 and not task.done():  # mid-burst: some settled, most not
+            await asyncio.sleep(0.02)
         os.kill(hub.pid, signal.SIGKILL)
         await task
     try:
         asyncio.run(burst_and_kill())
         hub.wait(10)
         cut = N - len(answers)
-        hub = start_hub(tmp / "hub.db", sims.env(), port, HUB_ENV)
+        hub = start_hub(tmp / "hub.db", env, port, HUB_ENV)
         asyncio.run(send_all(url, toks, calls, answers))  # the cut callers ask again
-        time.sleep(6)  # faults on a while longer, then the platforms recover
-        sims.clear_faults()
+        faults_off(sims)
         asyncio.run(final_states(url, toks, answers, timeout=45))
     finally:
         hub.send_signal(signal.SIGKILL)
         hub.wait(10)
     assert cut > 0, "the kill cut nobody off: the test would prove nothing"
-    print("cut", cut, {s: [a["status"] for a in answers.values()].count(s) for s in ("settled", "refused")},
-          "AH 5205", len(sims.received("AH", "5205")), "2207s", sum(len(sims.received(p, "2207")) for p in sims.urls))
+    print(sims.kind, "cut", cut, {s: [a["status"] for a in answers.values()].count(s) for s in ("settled", "refused")})
     check_agreement(sims, persons, calls, answers)
 
 
@@ -133,7 +162,7 @@ def check_totals(sims, persons, live) -> None:
     """Each person's fund total and balance moved by exactly their live settlements."""
     for person in persons:
         province = simulator.PROVINCE_OF_PREFIX[person["insuinfo"][0]["insuplc_admdvs"][:2]]
-        now = sims.platforms[province]._find(psn_no=person["psn_no"])
+        now = sims.person_by_psn(province, person["psn_no"])
         mine = [e for e in live.values() if e["psn_no"] == person["psn_no"]]
         start = Decimal(str(person["accum"].get("2024", {}).get("fund_pay_accu", "0")))
         assert now["accum"][2024]["fund_pay_accu"] == start + sum(Decimal(e["hifp_pay"]) for e in mine)

@@ -15,7 +15,7 @@ from mappers.common import CST
 from settlement.clearing import PROVINCES, statement
 from settlement.models import Settlement
 from settlement.platform import PlatformClient
-from tests.settlement.test_service import (EXAMPLE_SPLIT, HUANGPU, LIUYANG, body, sims, shub)  # noqa: F401
+from tests.support.settlement import EXAMPLE_SPLIT, HUANGPU, LIUYANG, body
 
 SH_SELF = "310104196203150019"  # SH insured, treated in Shanghai: the diagonal
 
@@ -53,9 +53,7 @@ def test_balanced_day_then_each_injected_difference_is_found(shub, sims):
         conn.execute(update(Settlement).where(Settlement.setl_id == done["ah"]["setl_id"]).values(
             split=__import__("orjson").dumps(wrong).decode()))
     # missing at insurer: ZJ lost its record of a settlement
-    zj = sims.platforms["ZJ"]
-    with sims.world.lock:
-        zj.ledger = [e for e in zj.ledger if e["setl_id"] != done["zj1"]["setl_id"]]
+    sims.lose_settlement("ZJ", done["zj1"]["setl_id"])
     # unknown to hub: ZJ holds a settlement treated in Shanghai that the hub never sent
     asyncio.run(settle_elsewhere(sims))
 
