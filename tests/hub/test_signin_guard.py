@@ -23,25 +23,11 @@ from hub.db import make_engine
 from hub.models import RateLimit
 from hub.portal.guard import SignInGuard, code_hash
 from hub.ratelimit import DatabaseStorage
-from settlement.simulator import start_simulators
 from tests.conftest import ROOT, free_port
-from tests.portal_support import LISI, login_form, start_hub
+from tests.portal_support import LISI, login_form
+from tests.support.portal_fixtures import portal, sims  # noqa: F401  (fixtures)
 
 WRONG = [f"ZJEV-WRONG-{i:04d}" for i in range(10)]
-
-
-@pytest.fixture(scope="module")
-def sims():
-    s = start_simulators()
-    yield s
-    s.stop()
-
-
-@pytest.fixture()
-def portal(database_url, db, sims):
-    hub = start_hub(database_url, sims)
-    yield hub
-    hub.stop()
 
 
 def try_code(url: str, code: str, address: str = "127.0.0.2", province: str = "ZJ",

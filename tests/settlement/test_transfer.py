@@ -19,6 +19,7 @@ from settlement.transfer import (TransferService, WorkCalendar, add_working_days
                                  load_calendar, parse_calendar)
 from tests.portal_support import (CHEN, LISI, LIUYANG, QIANFANG_ZJ, SUNQIANG, WANGFANG, WUXIA, ZHANGWEI,
                                   ZHAOMIN, ZHENGLEI, ZHOUJIE, session, sign_in, start_hub, wait_final)
+from tests.support.portal_fixtures import portal  # noqa: F401  (a fixture; it takes this module's own sims)
 
 CAL = load_calendar()
 D = date.fromisoformat
@@ -90,13 +91,6 @@ def sims():
     s = start_simulators()
     yield s
     s.stop()
-
-
-@pytest.fixture()
-def portal(database_url, db, sims):
-    hub = start_hub(database_url, sims)
-    yield hub
-    hub.stop()
 
 
 def ledger_steps(sims, transfer_id: str) -> Counter:
