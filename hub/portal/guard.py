@@ -8,15 +8,16 @@ not be reached do not count, and neither does a success.
 
 The strategy is ``limits``' moving window, not its fixed window: "5 failures within 10 minutes"
 holds for any 10 minutes, and a fixed window (counted from its first failure) admits 4 failures at
-its end and 5 more at the start of the next, 9 within seconds. With the moving window no 10
-minutes ever hold more than 5 failures of one address or one code, and a refused try waits until
-the oldest of the 5 is 10 minutes old (``Retry-After``). Failures are ``hit`` after the platform
-refused; a try is ``test``-ed before calling it. Two tries that pass the test together may both
-reach the platform; the window then stays full until the last 5 are old enough.
+its end and 5 more at the start of the next, 9 within seconds. With the moving window a try is
+refused whenever the last 10 minutes hold 5 failures of its address or of its code, and waits
+until the oldest of them is 10 minutes old (``Retry-After``). Failures are ``hit`` after the
+platform refused; a try is ``test``-ed before calling it, so tries that pass the test together
+(at 4 failures) may all reach the platform; the window records 5 of their failures (``hit`` is
+atomic) and refuses the next try.
 
 The state is in the database (``hub.ratelimit.DatabaseStorage``), shared by every hub process.
 Keys: the client address as the server saw the connection (uvicorn takes ``X-Forwarded-For`` only
-from the proxies in its ``FORWARDED_ALLOW_IPS``, by default 127.0.0.1), and the SHA-256 of the
+from the proxies in its ``FORWARDED_ALLOW_IPS``, by default loopback), and the SHA-256 of the
 code (never the code itself; nor is it logged).
 """
 
