@@ -19,6 +19,7 @@ from settlement.transfer import start_transfers
 from hub.config import PROVINCES, Settings, get_settings
 from hub.db import get_engine
 from hub.migrate import upgrade
+from hub.portal.guard import SignInGuard
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="yrdhub", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
+    app.state.sign_in_guard = SignInGuard(engine)
     errors.install(app)
     app.include_router(fhir_api.router)
     app.include_router(hl7_ingest.router)

@@ -10,6 +10,8 @@
 - ``patient_key``: the patient index, many match keys -> one Patient id.
 - ``upload``: every accepted upload's original bytes, who sent it and when.
 - ``api_token``: bearer tokens, only their SHA-256 stored.
+- ``rate_limit``: the state of the ``limits`` library's rate limits (``hub/ratelimit.py``), here so
+  that every hub process on the database shares it.
 """
 
 from __future__ import annotations
@@ -166,3 +168,18 @@ class Sharing(SQLModel, table=True):
     hiv: bool = False
     sti: bool = False
     updated: datetime
+
+
+class RateLimit(SQLModel, table=True):
+    """One rate-limit key of ``hub.ratelimit.DatabaseStorage`` (a ``limits`` storage).
+
+    Fixed window: ``count`` hits in the window that ends at ``expires``. Moving window:
+    ``moments``, a JSON list of the newest acquisitions (epoch seconds, newest first, at most the
+    limit's amount). ``expires`` is when the row stops mattering either way: it may be deleted then.
+    """
+
+    __tablename__ = "rate_limit"
+    key: str = Field(primary_key=True, max_length=200)
+    count: int = 0
+    expires: float = Field(default=0.0, index=True)
+    moments: str = Field(default="[]", sa_column=Column(Text, nullable=False))

@@ -25,8 +25,9 @@ FIXTURES = ROOT / "fixtures"
 PEERS = ROOT.parent / "shared" / "peers"
 PG_URL = os.environ.get("YRDHUB_TEST_POSTGRES_URL")
 DATABASES = ["sqlite"] + (["postgresql"] if PG_URL else [])
-# Fixtures shared through tests/support: the platforms (``sims``) and a settlement hub (``shub``).
-pytest_plugins = ["tests.support.platforms", "tests.support.settlement"]
+# Fixtures shared through tests/support: the platforms (``sims``), a settlement hub (``shub``) and a
+# portal hub (``portal``).
+pytest_plugins = ["tests.support.platforms", "tests.support.settlement", "tests.support.portal_fixtures"]
 
 
 def free_port() -> int:

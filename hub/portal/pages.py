@@ -9,11 +9,13 @@ hub's own script (Content-Security-Policy). No page shows a full resident ID: on
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
 from hub import sharing
@@ -108,18 +110,35 @@ def get_login(request: Request) -> Response:
 
 @router.post("/login")
 async def post_login(request: Request) -> Response:
+    """Sign in (hub-interface.md): 303 to /portal with a session; 401 with the form (a refused
+    code, which counts against the address and the code); 403 (the form's CSRF token); 429 with
+    ``Retry-After`` while guessing is bounded (``guard``: no platform call); 503 (no platform)."""
     form = dict(await request.form())
-    province = str(form.get("province") or "")
+    province, code = str(form.get("province") or ""), str(form.get("code") or "")
     if not sessions.same_token(request.cookies.get(sessions.CSRF_COOKIE), form.get("csrf")):
         return login_page(request, 403, "页面已过期，请重新输入后再登录。", province)
     state = request.app.state
+    address = request.client.host if request.client else "unknown"
+    wait = await run_in_threadpool(state.sign_in_guard.retry_after, address, code)
+    if wait is not None:
+        return too_many_tries(request, wait, province)
     try:
-        info = await sessions.sign_in(getattr(state, "platform", None), province, str(form.get("code") or ""))
+        info = await sessions.sign_in(getattr(state, "platform", None), province, code)
         token, _ = sessions.open_session(state.engine, province, info, state.settings.session_hours)
     except sessions.SignInFailed as exc:
+        if exc.refused:
+            await run_in_threadpool(state.sign_in_guard.failed, address, code)
         return login_page(request, exc.status, exc.message, province)
     response = RedirectResponse("/portal", 303, headers=SECURITY_HEADERS)
     sessions.set_session_cookie(response, request, token, state.settings.session_hours)
+    return response
+
+
+def too_many_tries(request: Request, wait: int, province: str) -> Response:
+    """429: the sign-in form, saying how long to wait, with ``Retry-After`` in whole seconds."""
+    message = f"登录失败次数过多。为保护您的账户，请 {math.ceil(wait / 60)} 分钟后再试。"
+    response = login_page(request, 429, message, province)
+    response.headers["Retry-After"] = str(wait)
     return response
 
 

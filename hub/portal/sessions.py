@@ -2,8 +2,10 @@
 
 Sign-in (``sign_in``): the insured province's platform checks the e-voucher code with 1101,
 ``mdtrt_cert_type`` ``01``. A refusal (``TOKEN_INVALID``, ``TOKEN_EXPIRED``, ``PERSON_NOT_FOUND``)
-or an unreadable form is a ``SignInFailed`` with status 401 and a Chinese message; a platform that
-cannot be reached or is not configured is 503 (the code may be fine: the person should try later).
+or an unreadable form is a ``SignInFailed`` with status 401 and a Chinese message (``refused``:
+the platform refused the code, which is what the guessing bounds of ``guard`` count); a platform
+that cannot be reached or is not configured is 503 (the code may be fine: the person should try
+later).
 
 Sessions: the cookie ``yrd_session`` carries a random id (256 bits); the table holds only its
 SHA-256. Cookies are HttpOnly, ``SameSite=Strict``, ``Secure`` over HTTPS, and expire after
@@ -43,13 +45,15 @@ SIGN_IN_REFUSALS = {
     "TOKEN_EXPIRED": "电子凭证码已过期。请在医保App中刷新电子凭证后重新输入。",
     "PERSON_NOT_FOUND": "所选省份的医保平台没有查到您的参保信息，请确认参保地是否选对。",
 }
+# Refusals that say nothing about the code (the msgid was taken, however often it was re-picked).
+NOT_ABOUT_THE_CODE = {"MSGID_REUSED"}
 _UTC = timezone.utc
 
 
 class SignInFailed(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, refused: bool = False):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.refused = status, message, refused
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,8 @@ async def sign_in(platform: Any, province: str, code: str) -> dict[str, Any]:
     try:
         return await _person_info(platform, province, code)
     except Refused as exc:
-        raise SignInFailed(401, SIGN_IN_REFUSALS.get(exc.err_code, f"登录失败：{exc.err_msg or exc.err_code}")) from None
+        message = SIGN_IN_REFUSALS.get(exc.err_code, f"登录失败：{exc.err_msg or exc.err_code}")
+        raise SignInFailed(401, message, refused=exc.err_code not in NOT_ABOUT_THE_CODE) from None
     except PlatformError:
         raise SignInFailed(503, f"{PROVINCES[province]}医保平台暂时无法连接，请稍后再试。") from None
 

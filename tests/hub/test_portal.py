@@ -18,13 +18,6 @@ from tests.hub.test_access import SH_H, ZJ_H, sh_visit, zj_visit
 from tests.portal_support import CHEN, LISI, login_form, session, start_hub
 
 
-@pytest.fixture()
-def portal(database_url, db, sims):
-    hub = start_hub(database_url, sims, session_hours=2)
-    yield hub
-    hub.stop()
-
-
 def fresh(url: str) -> httpx.Client:
     return httpx.Client(base_url=url, timeout=30, follow_redirects=False)
 

@@ -84,13 +84,6 @@ def test_calendar_is_data_and_overridable(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def portal(database_url, db, sims):
-    hub = start_hub(database_url, sims)
-    yield hub
-    hub.stop()
-
-
 def ledger_steps(sims, transfer_id: str) -> Counter:
     """(province, kind) -> how many ledger entries the transfer has there."""
     return Counter((p, e["kind"]) for p in ("SH", "JS", "ZJ", "AH") for e in sims.ledger(p)
