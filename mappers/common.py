@@ -538,12 +538,17 @@ def department_concept(code: str | None, name: str | None) -> dict[str, Any] | N
     return codeable_concept(code, DEPARTMENT_SYSTEM, name, name)
 
 
+def hospital_identifier(code: str) -> dict[str, str]:
+    """A hospital's code (医疗机构代码) as an Identifier (system ``…1.5``)."""
+    return {"system": HOSPITAL_SYSTEM, "value": code}
+
+
 def hospital_organization(code: str, name: str | None = None) -> dict[str, Any]:
     """The Organization resource for a hospital, id derived from its code."""
     org: dict[str, Any] = {
         "resourceType": "Organization",
         "id": make_id("Organization", code),
-        "identifier": [{"system": HOSPITAL_SYSTEM, "value": code}],
+        "identifier": [hospital_identifier(code)],
         "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type",
                               "code": "prov", "display": "Healthcare Provider"}]}],
     }
@@ -553,7 +558,13 @@ def hospital_organization(code: str, name: str | None = None) -> dict[str, Any]:
 
 
 def hospital_reference(code: str, name: str | None = None) -> dict[str, Any]:
-    ref: dict[str, Any] = {"reference": f"Organization/{make_id('Organization', code)}"}
+    """Every Reference to a hospital (an identifier's ``assigner``, ``serviceProvider``,
+    ``performer``, ...): the literal reference to its Organization, and the hospital's code as
+    ``identifier`` beside it, so a reader knows the hospital without resolving anything
+    (world/README.md "Identifiers"); ``display`` when a name is given. Mappers build no
+    reference to a hospital any other way."""
+    ref: dict[str, Any] = {"reference": f"Organization/{make_id('Organization', code)}",
+                           "identifier": hospital_identifier(code)}
     if name:
         ref["display"] = name
     return ref
