@@ -6,7 +6,8 @@
   they are the whole history (a first version is written once, not twice).
 - ``search_index``: one row per (resource, search parameter, value); searches never scan JSON.
 - ``record``: the unit a sender replaces as a whole (a visit, a document, a report), with the
-  digest of what was last stored, so a re-send of the same thing answers ``unchanged``.
+  digest of what was last stored, so a re-send of the same thing answers ``unchanged`` (and,
+  for records made of spreadsheet rows, the digest of each row, so each row is counted).
 - ``patient_key``: the patient index, many match keys -> one Patient id.
 - ``upload``: every accepted upload's original bytes, who sent it and when.
 - ``api_token``: bearer tokens, only their SHA-256 stored.
@@ -86,6 +87,9 @@ class Record(SQLModel, table=True):
     source_version: int | None = None
     upload_id: int | None = None
     updated: datetime
+    # The digests of the source rows last stored (Record.row_digests, space-separated, each
+    # once), so a re-sent row is counted unchanged; NULL for records not made of rows.
+    row_digests: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class Patient(SQLModel, table=True):

@@ -66,20 +66,20 @@ def choose(keys: list[str], known: dict[str, str], primaries: dict[str, str]) ->
 def merge_patient(existing: dict[str, Any] | None, incoming: dict[str, Any], pid: str) -> dict:
     """The stored Patient after a new record: the newest details, every identifier kept.
 
-    Identifiers are the union (by system and value) so each hospital's number stays findable;
-    other elements come from the incoming record when it has them, else stay as they were.
+    Identifiers are the union (by system, value and assigner) so each hospital's number stays
+    findable; of one identifier held and sent again, the one sent wins, in the place it held
+    (so a mapper's newer form of it, an assigner that now names the hospital's code, reaches
+    the stored Patient). Other elements come from the incoming record when it has them, else
+    stay as they were.
     """
     merged = dict(existing or {})
     merged.update({k: v for k, v in incoming.items() if k not in ("identifier", "meta")})
-    seen, identifiers = set(), []
+    by_mark: dict[tuple, dict] = {}
     for ident in (existing or {}).get("identifier", []) + incoming.get("identifier", []):
-        mark = (ident.get("system"), ident.get("value"),
-                (ident.get("assigner") or {}).get("reference"))
-        if mark not in seen:
-            seen.add(mark)
-            identifiers.append(ident)
-    if identifiers:
-        merged["identifier"] = identifiers
+        by_mark[(ident.get("system"), ident.get("value"),
+                 (ident.get("assigner") or {}).get("reference"))] = ident
+    if by_mark:
+        merged["identifier"] = list(by_mark.values())
     merged["resourceType"] = "Patient"
     merged["id"] = pid
     return merged

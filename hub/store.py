@@ -78,6 +78,7 @@ def put_records(conn: Connection, channel: str, records: list[Record],
     with the same key, and two records of one person resolve to one patient. ``upload_ids``
     (parallel to ``records``) stores several uploads at once, each version noting its own.
     ``PutResult.outcomes`` says per record key: ``stored``, ``unchanged`` or a Rejection.
+    ``stored``/``unchanged`` count records, or the rows of records that list them (``_count``).
     """
     result = PutResult()
     now = datetime.now(timezone.utc)
@@ -93,8 +94,11 @@ def put_records(conn: Connection, channel: str, records: list[Record],
         result.outcomes[key] = "stored" if outcome in ("new", "changed") else outcome
         if isinstance(outcome, Rejection):
             result.rejected.append(outcome)
-        elif outcome == "unchanged":
-            result.unchanged += 1
+            continue
+        stored, unchanged = _count(record, row, outcome == "unchanged")
+        result.stored += stored
+        result.unchanged += unchanged
+        if outcome == "unchanged":
             result.patients.add(row.patient_id)
         else:
             todo[key] = record
@@ -107,7 +111,6 @@ def put_records(conn: Connection, channel: str, records: list[Record],
         batch.retire_dropped([k for k in todo if k in stored_rows])
         batch.flush()
         _write_record_rows(conn, todo, digests, pids, stored_rows, origin, now)
-        result.stored += len(todo)
         result.patients.update(pids.values())
     return result
 
@@ -121,7 +124,8 @@ def _load_records(conn: Connection, keys: list[str]) -> dict:
     rows = {}
     for part in _chunks(keys):
         for row in conn.execute(select(RecordRow.key, RecordRow.digest, RecordRow.patient_id,
-                                       RecordRow.source_version).where(RecordRow.key.in_(part))):
+                                       RecordRow.source_version, RecordRow.row_digests)
+                                .where(RecordRow.key.in_(part))):
             rows[row.key] = row
     return rows
 
@@ -138,6 +142,21 @@ def _compare(record: Record, digest: str, row) -> str | Rejection:
                          f"version {version} is older than the stored version "
                          f"{row.source_version}; not replaced")
     return "changed"
+
+
+def _count(record: Record, row, unchanged: bool) -> tuple[int, int]:
+    """(stored, unchanged) of one record that is not rejected. A record listing no rows counts
+    as one. Of one that lists its rows, each row counts: ``unchanged`` when the stored record
+    (``row``) holds its digest or an earlier row of the record has it, else ``stored``; a record
+    whose digest is unchanged holds all of them."""
+    digests = record.row_digests
+    if not digests:
+        return (0, 1) if unchanged else (1, 0)
+    if unchanged:
+        return 0, len(digests)
+    held = set((row.row_digests or "").split()) if row is not None else set()
+    stored = len(set(digests) - held)
+    return stored, len(digests) - stored
 
 
 def _resolve_patients(conn: Connection, todo: dict[str, Record]) -> dict[str, str]:
@@ -191,7 +210,8 @@ def _add_patients(conn: Connection, batch: "_Batch", todo: dict[str, Record],
 def _write_record_rows(conn, todo, digests, pids, stored_rows, origin, now) -> None:
     rows = [{"key": k, "hospital": r.hospital, "patient_id": pids[k], "digest": digests[k],
              "source_version": getattr(r, "version", None), "upload_id": origin[k],
-             "updated": now} for k, r in todo.items()]
+             "row_digests": " ".join(sorted(set(r.row_digests))) or None, "updated": now}
+            for k, r in todo.items()]
     new = [row for row in rows if row["key"] not in stored_rows]
     old = [dict(row, w_key=row.pop("key")) for row in rows if row["key"] in stored_rows]
     if new:

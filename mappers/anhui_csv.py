@@ -42,7 +42,16 @@ Row rules
   first bad cell from the left is named, one rejection per row.
 - Within one upload the first row of a visit/report decides the visit/report-level values; a
   later row that disagrees with it is rejected (never merged or guessed). A row repeated exactly
-  (two exports pasted together) is skipped; a repetition with different values is rejected.
+  (two exports pasted together) is stored once; a repetition with different values is rejected.
+
+Counting (the answer counts rows, not records)
+- Every Record lists the digests of the rows it is made of (``Record.row_digests``, an exact
+  repeat listed again), so the hub answers per row: a row the stored record already holds
+  exactly so (same normalised values), or that repeats an earlier row of the upload, is
+  ``unchanged``; any other row is ``stored``. Two diagnosis rows of a new visit are 2 stored; a
+  re-export of that visit with a third row is 2 unchanged and 1 stored (the visit's record is
+  still replaced as a whole). Rows without data count nowhere; every other row counts as stored,
+  unchanged or rejected (exact repeats of a rejected row share its one rejection).
 - Resident ID numbers destroyed by a spreadsheet (``3.40104E+17``; 18 digits ending in ``000``
   that fail the check character) are refused with that reason, never repaired. An ID ending in
   ``000`` that passes its check is accepted: it cannot be told from a real one.
@@ -73,7 +82,7 @@ from mappers.common import (
     InvalidValue, MapResult, Record, Rejection, UnreadableUpload, clean, fhir_date,
     fhir_datetime, hospital_organization, hospital_reference, insurance_identifier,
     interpretation, lab_value, make_id, normalize_resident_id, parse_when, reference_range,
-    resident_id_birth_date, to_halfwidth, validate,
+    resident_id_birth_date, row_digest, to_halfwidth, validate,
 )
 
 __all__ = ["map_upload", "ArchiveTooLarge", "ForeignSender", "UnreadableUpload"]
@@ -335,6 +344,12 @@ class _Row:
     kind: str
     values: dict[str, Any]
     columns: dict[str, str] = field(repr=False)  # field -> column name, for locations
+    # How many times the upload holds this row exactly so (two exports pasted together).
+    copies: int = 1
+
+    def digests(self) -> list[str]:
+        """The row's digest once per copy: the hub counts each copy as a row."""
+        return [row_digest({"kind": self.kind, **self.values})] * self.copies
 
     def where(self, fld: str | None = None) -> str:
         if fld is None:
@@ -794,7 +809,8 @@ def _disagreement(row: _Row, head: _Row, fields: tuple[str, ...]) -> str | None:
 def _units(group: list[_Row], level: tuple[str, ...], unit_key: Callable[[_Row], str],
            what: str, result: MapResult) -> list[_Row]:
     """The rows of one visit/report that make it up: a row disagreeing with the first row on
-    ``level`` fields, or repeating a unit with other values, is rejected; exact repeats dropped."""
+    ``level`` fields, or repeating a unit with other values, is rejected; an exact repeat is
+    folded into the row it repeats (``copies``), so it is counted but never stored twice."""
     head, kept, seen = group[0], [], {}
     for row in group:
         fld = _disagreement(row, head, level)
@@ -806,7 +822,9 @@ def _units(group: list[_Row], level: tuple[str, ...], unit_key: Callable[[_Row],
         if earlier is None:
             seen[unit_key(row)] = row
             kept.append(row)
-        elif earlier.values != row.values:
+        elif earlier.values == row.values:
+            earlier.copies += 1
+        else:
             result.rejected.append(Rejection(row.where(), f"repeats {earlier.where()} with "
                                                           "other values"))
     return kept
@@ -834,7 +852,7 @@ def _patient_records(rows: list[_Row], hospital: str, result: MapResult) -> None
             result.rejected.append(Rejection(row.where(), str(exc)))
             continue
         result.records.append(Record(f"{hospital}|patient|{key}", hospital, patient, [],
-                                     row.where()))
+                                     row.where(), row.digests()))
 
 
 def _visit_records(rows: list[_Row], hospital: str, result: MapResult) -> None:
@@ -856,7 +874,8 @@ def _visit_records(rows: list[_Row], hospital: str, result: MapResult) -> None:
             result.rejected.extend(Rejection(r.where(), str(exc)) for r in kept)
             continue
         result.records.append(Record(f"{hospital}|visit|{visit_no}", hospital,
-                                     _patient(head), resources, kept[0].where()))
+                                     _patient(head), resources, kept[0].where(),
+                                     [d for r in kept for d in r.digests()]))
 
 
 def _lab_records(rows: list[_Row], hospital: str, result: MapResult) -> None:
@@ -881,7 +900,8 @@ def _lab_records(rows: list[_Row], hospital: str, result: MapResult) -> None:
         for row, observation in observations:
             result.records.append(Record(
                 f"{hospital}|lab|{report_no}|{row.values['item_code']}", hospital,
-                _patient(row.values), [observation, report, organization], row.where()))
+                _patient(row.values), [observation, report, organization], row.where(),
+                row.digests()))
 
 
 RECORD_BUILDERS: dict[str, Callable[[list[_Row], str, MapResult], None]] = {

@@ -16,6 +16,11 @@ Contract with the hub (``hub/ingest.py`` relies on it):
   the source's own numbers, so a re-send produces the same ids and replaces in place.
 - A ``Rejection`` names where (field path, row, segment) and why. A rejected unit produces no
   record; the rest of the upload still maps.
+- ``Record.row_digests``: when a record is made of source rows (Anhui's spreadsheets), one digest
+  per row (``row_digest``), an exact repeat of a row listed again. The hub then counts the
+  upload's rows, not its records: a row whose digest the stored record already holds (or an
+  earlier row of the record did) is ``unchanged``, any other ``stored``. Empty: the record counts
+  as one.
 
 Exceptions: ``InvalidValue`` (a ``ValueError``) is raised by the parsing helpers below with a
 human-readable reason; mappers catch it and turn it into a ``Rejection`` at the right location.
@@ -63,6 +68,8 @@ class Record:
     resources: list[dict[str, Any]]
     # Where in the upload this record came from (for messages about it), e.g. "jzjl[2]".
     location: str = ""
+    # One digest per source row the record is made of (see the module docstring); [] for none.
+    row_digests: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -136,6 +143,15 @@ def make_id(*parts: str) -> str:
     digest[8] = (digest[8] & 0x3F) | 0x80
     x = digest.hex()
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+def row_digest(values: dict[str, Any]) -> str:
+    """A short digest of one source row's normalised values (16 hex digits): rows that read the
+    same (full-width or half-width, ``2024/3/5`` or ``2024-03-05``) have the same digest."""
+    import orjson
+
+    body = orjson.dumps(values, option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.sha256(body).hexdigest()[:16]
 
 
 PROVINCE_OF_PREFIX = {"31": "SH", "32": "JS", "33": "ZJ", "34": "AH"}
@@ -522,12 +538,17 @@ def department_concept(code: str | None, name: str | None) -> dict[str, Any] | N
     return codeable_concept(code, DEPARTMENT_SYSTEM, name, name)
 
 
+def hospital_identifier(code: str) -> dict[str, str]:
+    """A hospital's code (医疗机构代码) as an Identifier (system ``…1.5``)."""
+    return {"system": HOSPITAL_SYSTEM, "value": code}
+
+
 def hospital_organization(code: str, name: str | None = None) -> dict[str, Any]:
     """The Organization resource for a hospital, id derived from its code."""
     org: dict[str, Any] = {
         "resourceType": "Organization",
         "id": make_id("Organization", code),
-        "identifier": [{"system": HOSPITAL_SYSTEM, "value": code}],
+        "identifier": [hospital_identifier(code)],
         "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type",
                               "code": "prov", "display": "Healthcare Provider"}]}],
     }
@@ -537,7 +558,13 @@ def hospital_organization(code: str, name: str | None = None) -> dict[str, Any]:
 
 
 def hospital_reference(code: str, name: str | None = None) -> dict[str, Any]:
-    ref: dict[str, Any] = {"reference": f"Organization/{make_id('Organization', code)}"}
+    """Every Reference to a hospital (an identifier's ``assigner``, ``serviceProvider``,
+    ``performer``, ...): the literal reference to its Organization, and the hospital's code as
+    ``identifier`` beside it, so a reader knows the hospital without resolving anything
+    (world/README.md "Identifiers"); ``display`` when a name is given. Mappers build no
+    reference to a hospital any other way."""
+    ref: dict[str, Any] = {"reference": f"Organization/{make_id('Organization', code)}",
+                           "identifier": hospital_identifier(code)}
     if name:
         ref["display"] = name
     return ref

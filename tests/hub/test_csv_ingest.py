@@ -1,12 +1,15 @@
 """Anhui spreadsheets through the hub: raw and multipart, ZIP limits as 413, row rejections,
-the same lab result twice stored once."""
+the same lab result twice stored once, the answer counting rows (not records)."""
 
+import csv
 import io
 import zipfile
 
+import orjson
 from sqlalchemy import func, select
 
 from hub.models import Resource
+from mappers.common import make_id
 from tests.conftest import FIXTURES
 
 AH = FIXTURES / "ah"
@@ -66,3 +69,78 @@ def test_nested_archive_is_400(hub):
     with zipfile.ZipFile(outer, "w") as z:
         z.writestr("inner.zip", inner.getvalue())
     assert post(hub, outer.getvalue(), multipart=True, name="outer.zip").status_code == 400
+
+
+# ---------------------------------------------------------------------------------------------
+# The answer counts rows (anhui-csv.md): stored, unchanged, rejected per row, not per record
+# ---------------------------------------------------------------------------------------------
+
+
+def data_rows(name: str) -> int:
+    """Rows under the header of a fixture (they all carry data)."""
+    text = (AH / name).read_bytes().decode("gb18030")
+    return len(list(csv.reader(io.StringIO(text)))) - 1
+
+
+def counts(answer) -> tuple[int, int, int]:
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    return body["stored"], body["unchanged"], len(body["rejected"])
+
+
+def encounter(engine, visit_no: str) -> dict:
+    with engine.connect() as conn:
+        content = conn.execute(select(Resource.content).where(
+            Resource.res_type == "Encounter",
+            Resource.res_id == make_id("Encounter", SENDER, visit_no))).scalar_one()
+    return orjson.loads(content)
+
+
+def test_each_diagnosis_row_of_a_visit_counts_as_stored(hub):
+    # 5 rows, 3 visits: the first and the last visit have two diagnosis rows each
+    first = post(hub, (AH / "visits_gbk.csv").read_bytes())
+    assert counts(first) == (data_rows("visits_gbk.csv"), 0, 0) == (5, 0, 0)
+    again = post(hub, (AH / "visits_gbk.csv").read_bytes())
+    assert counts(again) == (0, 5, 0)
+
+
+def test_a_visit_that_gains_a_row_counts_the_new_row_stored_and_the_rest_unchanged(hub):
+    post(hub, (AH / "visits_gbk.csv").read_bytes())
+    # The re-export adds a third diagnosis to MZ2024030500017 and writes one date another way
+    answer = post(hub, (AH / "visits_gbk_reexport.csv").read_bytes(), multipart=True,
+                  name="visits_reexport.csv")
+    assert counts(answer) == (1, data_rows("visits_gbk_reexport.csv") - 1, 0) == (1, 5, 0)
+    # The visit is still replaced as a whole: its Encounter now lists three diagnoses
+    assert len(encounter(hub.engine, "MZ2024030500017")["diagnosis"]) == 3
+
+
+def test_a_report_that_gains_a_row_counts_the_new_row_stored(hub):
+    assert counts(post(hub, (AH / "labs_gbk.csv").read_bytes())) == (4, 0, 0)
+    answer = post(hub, (AH / "labs_gbk_reexport.csv").read_bytes())
+    assert counts(answer) == (1, 2, 0)
+    assert observations(hub.engine) == 5
+
+
+def test_a_patient_row_whose_details_changed_is_stored(hub):
+    assert counts(post(hub, (AH / "patients_gbk.csv").read_bytes())) == (4, 0, 0)
+    answer = post(hub, (AH / "patients_gbk_update.csv").read_bytes())
+    assert counts(answer) == (1, 1, 0)
+
+
+def test_a_row_repeated_in_one_upload_counts_once_stored_and_once_unchanged(hub):
+    # Two exports pasted together: the second copy's header is skipped, its rows repeat
+    text = (AH / "visits_gbk.csv").read_bytes()
+    answer = post(hub, text + text)
+    assert counts(answer) == (5, 5, 0)
+    with hub.engine.connect() as conn:
+        conditions = conn.execute(select(func.count()).select_from(Resource)
+                                  .where(Resource.res_type == "Condition")).scalar_one()
+    assert conditions == 5
+
+
+def test_zip_counts_every_row_of_every_file(hub):
+    # patients.csv 2 rows, visits.csv 2, labs_a.csv 2, labs_b.csv 2 (its AST row repeats
+    # labs_a.csv's exactly: one result, stored once, the copy unchanged)
+    body = (AH / "upload.zip").read_bytes()
+    assert counts(post(hub, body, multipart=True, name="upload.zip")) == (7, 1, 0)
+    assert counts(post(hub, body, multipart=True, name="upload.zip")) == (0, 8, 0)

@@ -4,8 +4,9 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from hub import search
-from mappers.common import RESIDENT_ID_SYSTEM
+from mappers.common import RESIDENT_ID_SYSTEM, make_id
 from tests.conftest import FIXTURES
+from tests.support.references import hospital_code_problems, organization_references
 
 ZJ = FIXTURES / "zj"
 RID = "33042119850412002X"
@@ -62,6 +63,35 @@ def test_answers_are_fhir_json_and_valid_r4(loaded):
         ref = entry["resource"].get("subject") or entry["resource"].get("patient")
         if ref:
             assert ref["reference"] == f"Patient/{pid}"
+
+
+def test_an_encounter_read_names_its_hospital_by_code(loaded):
+    jiashan = "H33042100015"
+    encounter = loaded.get(f"/fhir/Encounter/{make_id('Encounter', jiashan, 'MZ20240315000123')}")
+    assert encounter.status_code == 200, encounter.text
+    encounter = encounter.json()
+    code = {"system": "urn:oid:2.16.156.10011.1.5", "value": jiashan}
+    assert encounter["identifier"][0]["value"] == "MZ20240315000123"
+    assert encounter["identifier"][0]["assigner"]["identifier"] == code
+    assert encounter["serviceProvider"]["identifier"] == code
+    organization = f"Organization/{make_id('Organization', jiashan)}"
+    assert encounter["serviceProvider"]["reference"] == organization
+
+
+def test_everything_a_hospital_reads_names_every_hospital_by_code(hub, loaded):
+    pid = patient_id(loaded)
+    with hub.client(hub.token("hospital", "H34010400001")) as anhui:
+        answer = anhui.get(f"/fhir/Patient/{pid}/$everything",
+                           headers={"X-Emergency-Reason": "unconscious on arrival"})
+    assert answer.status_code == 200, answer.text
+    resources = [e["resource"] for e in answer.json()["entry"]]
+    assert [p for r in resources for p in hospital_code_problems(r)] == []
+    organizations = {f"Organization/{r['id']}": r for r in resources
+                     if r["resourceType"] == "Organization"}
+    references = [ref for r in resources for _, ref in organization_references(r)]
+    assert len(references) > len(organizations) >= 2
+    for ref in references:  # the code given is the code of the Organization referred to
+        assert ref["identifier"] in organizations[ref["reference"]]["identifier"]
 
 
 def test_read_by_id_has_meta_version(loaded):

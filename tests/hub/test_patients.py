@@ -50,6 +50,16 @@ def test_merge_keeps_every_identifier_and_newest_details():
     assert merged["id"] == "pid"
 
 
+def test_merge_takes_the_newer_form_of_an_identifier_in_its_place():
+    assigner = {"reference": "Organization/h"}
+    old = patient((RESIDENT_ID_SYSTEM, RID), (HOSPITAL_PATIENT_NO_SYSTEM, "M1"))
+    old["identifier"][1]["assigner"] = assigner
+    new = patient((HOSPITAL_PATIENT_NO_SYSTEM, "M1"))
+    new["identifier"][0]["assigner"] = {**assigner, "identifier": {"value": "H1"}}
+    merged = patients.merge_patient(old, new, "pid")
+    assert merged["identifier"] == [old["identifier"][0], new["identifier"][0]]
+
+
 def _put(engine, *records):
     from hub.db import writer
 

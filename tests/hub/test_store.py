@@ -39,6 +39,21 @@ def test_same_record_twice_is_unchanged(db):
     assert [r.version for r in current(db)] == [1]
 
 
+def rows_visit(*digests, codes=("J06.900",)):
+    record = visit(codes=codes)
+    record.row_digests = list(digests)
+    return record
+
+
+def test_a_record_listing_its_rows_counts_rows_not_itself(db):
+    first = put(db, rows_visit("r1", "r2", "r2"))
+    assert (first.stored, first.unchanged) == (2, 1)
+    grown = put(db, rows_visit("r1", "r2", "r3", codes=("J06.900", "R05.x00")))
+    assert (grown.stored, grown.unchanged) == (1, 2)
+    same = put(db, rows_visit("r1", "r2", "r3", codes=("J06.900", "R05.x00")))
+    assert (same.stored, same.unchanged) == (0, 3)
+
+
 def test_resend_replaces_and_keeps_history(db):
     put(db, visit(codes=("J06.900", "R05.x00")))
     result = put(db, visit(codes=("J06.900", "J20.900")))

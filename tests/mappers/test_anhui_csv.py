@@ -430,6 +430,23 @@ def test_lab_rows_of_one_report_must_agree_and_exact_repeats_count_once():
     assert [r.key for r in result.records] == [f"{SENDER}|lab|LIS1|GLU"]
 
 
+def test_records_list_a_digest_per_row_an_exact_repeat_again():
+    body = csv_bytes(VH, visit_row("MZ1"), visit_row("MZ1", code="R05.x00", principal="否"),
+                     visit_row("MZ1"))
+    (rec,) = map_upload(body, SENDER).records
+    first, copy, second = rec.row_digests  # a repeat beside the row it repeats
+    assert first == copy != second
+
+
+def test_a_row_written_another_way_has_the_same_digest():
+    plain = visit_row("MZ1", when="2024-03-05 09:30")
+    other = visit_row("ＭＺ１", when="2024/3/5 09:30").replace("张伟", "　张伟 ")
+    digests = [map_upload(csv_bytes(VH, row), SENDER).records[0].row_digests
+               for row in (plain, other)]
+    changed = map_upload(csv_bytes(VH, visit_row("MZ1", when="2024-03-05 09:31")), SENDER)
+    assert digests[0] == digests[1] != changed.records[0].row_digests
+
+
 def test_unknown_flag_and_empty_result_are_rejected():
     result = map_upload(csv_bytes(LH, lab_row(item="A", flag="?!"), lab_row(item="B", result="")),
                         SENDER, "l.csv")

@@ -105,7 +105,8 @@ def test_outpatient_encounter_is_the_visit_of_the_outpatient_number():
     assert enc["identifier"][0]["system"] == "urn:oid:2.16.156.10011.1.11"
     assert enc["identifier"][0]["value"] == "MZ2024031500881"
     assert enc["identifier"][0]["assigner"] == {
-        "reference": f"Organization/{make_id('Organization', WUJIANG)}"}
+        "reference": f"Organization/{make_id('Organization', WUJIANG)}",
+        "identifier": {"system": "urn:oid:2.16.156.10011.1.5", "value": WUJIANG}}
     assert enc["class"]["code"] == "AMB"
     assert enc["period"] == {"start": "2024-03-15T10:15:00+08:00"}
     assert enc["serviceType"]["coding"][0]["code"] == "0401"
@@ -322,7 +323,9 @@ def test_imaging_report_with_findings_impression_and_study():
     assert report["category"][0]["coding"][0]["code"] == "RAD"
     assert report["identifier"][0] == {
         "system": "urn:oid:2.16.156.10011.1.32", "value": "CT20240520000212",
-        "assigner": {"reference": f"Organization/{make_id('Organization', GUSU_TCM)}"}}
+        "assigner": {"reference": f"Organization/{make_id('Organization', GUSU_TCM)}",
+                     "identifier": {"system": "urn:oid:2.16.156.10011.1.5",
+                                    "value": GUSU_TCM}}}
     assert report["code"]["text"] == "胸部CT平扫"
     assert report["conclusion"] == "右肺下叶肺炎，建议抗感染治疗后复查。"
     text = base64.b64decode(report["presentedForm"][0]["data"]).decode("utf-8")

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mappers.common import (
-    DICOM_MODALITY_SYSTEM, HOSPITAL_PATIENT_NO_SYSTEM, ICD10_SYSTEM, INSURANCE_CARD_SYSTEM,
-    LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM, LOINC_SYSTEM, NATIONAL_DRUG_SYSTEM,
+    DICOM_MODALITY_SYSTEM, HOSPITAL_PATIENT_NO_SYSTEM, HOSPITAL_SYSTEM, ICD10_SYSTEM,
+    INSURANCE_CARD_SYSTEM, LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM, LOINC_SYSTEM, NATIONAL_DRUG_SYSTEM,
     OUTPATIENT_NO_SYSTEM, PASSPORT_SYSTEM, PATIENT_REF, PRACTITIONER_SYSTEM, PRESCRIPTION_SYSTEM,
     RESIDENT_ID_SYSTEM, SNOMED_SYSTEM, ForeignSender, UnreadableUpload, make_id,
     normalize_resident_id,
@@ -207,6 +207,8 @@ def test_encounter(basic):
     assert enc["id"] == make_id("Encounter", "H33042100015", "MZ20240315000123")
     assert enc["identifier"] == [{"system": OUTPATIENT_NO_SYSTEM, "value": "MZ20240315000123",
                                   "assigner": {"reference": org_ref,
+                                               "identifier": {"system": HOSPITAL_SYSTEM,
+                                                              "value": "H33042100015"},
                                                "display": "嘉善县第一人民医院"}}]
     assert enc["class"]["code"] == "AMB"
     assert enc["status"] == "finished"
@@ -576,6 +578,7 @@ def test_visit_without_any_identity_document_is_kept(quirks):
     assert record.patient["identifier"] == [{
         "system": HOSPITAL_PATIENT_NO_SYSTEM, "value": "JZ202404010003",
         "assigner": {"reference": f"Organization/{make_id('Organization', 'H33040200006')}",
+                     "identifier": {"system": HOSPITAL_SYSTEM, "value": "H33040200006"},
                      "display": "嘉兴市南湖区新兴社区卫生服务中心"}}]
     assert record.patient["gender"] == "unknown"
     assert "birthDate" not in record.patient and "address" not in record.patient
