@@ -23,10 +23,10 @@ def _serve(settings: Settings, host: str, port: int) -> None:
     from hub import logs
     from hub.app import create_app
 
-    logs.configure(settings.log_level, settings.log_json)
+    log_config = logs.configure(settings.log_level, settings.log_json)
     app = create_app(settings)
     tune_gc()
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=True)
+    uvicorn.run(app, host=host, port=port, log_config=log_config, access_log=True)
 
 
 def tune_gc() -> None:
