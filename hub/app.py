@@ -48,8 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(settlement_api.router)
     app.include_router(admin.router)
     app.include_router(portal.router)
-    app.state.starters = [start_platform, hl7_ingest.start_mllp, settlement_api.start,
-                          start_transfers, start_loop_watch, warm_up]
+    app.state.starters = [ingest.start_map_pool, start_platform, hl7_ingest.start_mllp,
+                          settlement_api.start, start_transfers, start_loop_watch, warm_up]
     _install_operating(app)
     return app
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -23,10 +24,19 @@ def _serve(settings: Settings, host: str, port: int) -> None:
     from hub import logs
     from hub.app import create_app
 
-    logs.configure(settings.log_level, settings.log_json)
+    signal.signal(signal.SIGTERM, _stop_cleanly)
+    log_config = logs.configure(settings.log_level, settings.log_json)
     app = create_app(settings)
     tune_gc()
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=True)
+    uvicorn.run(app, host=host, port=port, log_config=log_config, access_log=True)
+
+
+def _stop_cleanly(_signum, _frame) -> None:
+    """SIGTERM outside uvicorn's own handling: before it starts, and the SIGTERM it raises again
+    once it has shut down (so that the process would end "killed by SIGTERM", 143). The hub
+    stopped as asked: it exits 0, through the interpreter's exit, which lets the mapper
+    processes finish their exit rather than be killed with the hub."""
+    sys.exit(0)
 
 
 def tune_gc() -> None:

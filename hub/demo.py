@@ -81,9 +81,10 @@ def run(port: int = 8000, workdir: Path = Path("demo-data")) -> int:
     settings = Settings(database_url=f"sqlite:///{workdir.resolve()}/demo.db",
                         mllp_port=env.mllp_port, log_json=False, log_level="WARNING",
                         **{f"insurer_{p.lower()}_url": u for p, u in sims.urls.items()})
-    logs.configure(settings.log_level, json=False)
+    log_config = logs.configure(settings.log_level, json=False)
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_config=log_config))
     threading.Thread(target=_announce, args=(server, app, port, fixtures, sims), daemon=True).start()
     try:
         server.run()

@@ -105,8 +105,9 @@ def install(app) -> None:
     async def _unexpected(request: Request, exc: Exception):
         import structlog
 
-        structlog.get_logger("hub").exception("unexpected error", path=request.url.path,
-                                              error=type(exc).__name__)
+        # exc_info the exception itself: the traceback is logged whatever the caller's context.
+        structlog.get_logger("hub").error("unexpected error", path=request.url.path,
+                                          error=type(exc).__name__, exc_info=exc)
         return render(request, 500, "INTERNAL", "internal error; it has been logged")
 
     @app.exception_handler(RequestValidationError)

@@ -13,7 +13,6 @@ import asyncio
 import concurrent.futures
 import hashlib
 import importlib
-import multiprocessing
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,6 +29,7 @@ from hub.auth import Party, bearer_party, require_hospital
 from hub.db import write_retrying, writer
 from hub.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from hub.models import Upload
+from hub.workers import start_pool
 from mappers.anhui_csv import ArchiveTooLarge
 from mappers.common import ForeignSender, MapResult, UnreadableUpload
 
@@ -163,15 +163,29 @@ def map_in_worker(module: str, body: bytes, sender: str, filename: str | None) -
     return mapper(body, sender)
 
 
+# What a mapper process imports before its first upload.
+MAPPER_MODULES = (*(c.module for c in CHANNELS.values()), "mappers.shanghai_hl7v2")
+
+
 def _pool(app) -> concurrent.futures.Executor | None:
-    """The app's mapper processes (created on first use); None maps in a thread instead."""
+    """The app's mapper processes (started with the app, else on first use); None maps in a
+    thread instead."""
     workers = app.state.settings.map_workers
     if workers == 0:
         return None
     if getattr(app.state, "map_pool", None) is None:
-        app.state.map_pool = concurrent.futures.ProcessPoolExecutor(
-            workers or os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn"))
+        app.state.map_pool = start_pool(workers or os.cpu_count() or 1, MAPPER_MODULES)
     return app.state.map_pool
+
+
+async def start_map_pool(app):
+    """Starter: the mapper processes, from the event loop's thread (``hub.workers`` says why).
+    The app's lifespan shuts them down after everything that maps has stopped."""
+    _pool(app)
+
+    async def stop():
+        pass
+    return stop
 
 
 async def off_loop(app, fn, *args):

@@ -1,58 +1,84 @@
-"""Structured logs (structlog, JSON lines) in which a resident ID number never appears in full.
+"""Structured logs in which a resident ID number never appears in full.
 
-The scrubber runs on every event dict (structlog) and on every stdlib record (uvicorn's access log
-carries query strings such as ``identifier=...|33042119850412002X``): anything shaped like an
-18- or 15-character resident ID is masked as ``3304**********002X`` before it is written.
+Every line, from structlog (the hub's own loggers) or from the standard library (settlement's,
+uvicorn's access and error logs), goes through one ``structlog.stdlib.ProcessorFormatter``:
+JSON lines (``json=True``: a traceback becomes a dict of frames, ``dict_tracebacks``) or a
+readable console rendering; timestamps are ISO 8601 local time with its UTC offset. The last
+step masks, in the finished line, anything shaped like an 18- or 15-character resident ID
+(``3304**********002X``): event values, exception messages, uvicorn's query strings such as
+``identifier=...|33042119850412002X`` and traceback text alike, whatever the renderer wrote.
+
+Tracebacks carry no local variables: they would hold patients' names and diagnoses, which the
+ID scrubber does not recognise.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.config
 import sys
+from datetime import datetime
 
 import structlog
 
+from mappers.common import scrub  # one definition of "what could be an ID"
 
-from mappers.common import scrub  # noqa: E402  (one definition of "what could be an ID")
-
-
-def _scrub_value(value):
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, dict):
-        return {k: _scrub_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_scrub_value(v) for v in value)
-    return value
+# The loggers uvicorn writes to; they hand their records to the root logger's handler.
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
-def _scrub_processor(_logger, _name, event_dict):
-    return {k: _scrub_value(v) for k, v in event_dict.items()}
+def _timestamp(_logger, _name, event_dict):
+    # structlog's TimeStamper writes local ISO time without its offset (or UTC with "Z").
+    event_dict["timestamp"] = datetime.now().astimezone().isoformat(timespec="milliseconds")
+    return event_dict
 
 
-class ScrubbingFormatter(logging.Formatter):
-    """A stdlib formatter whose output passes through ``scrub``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record))
+def _scrub_line(_logger, _name, line: str) -> str:
+    return scrub(line)
 
 
-def configure(level: str = "INFO", json: bool = True, stream=None) -> None:
-    """Configure structlog and the stdlib root logger (uvicorn's loggers propagate to it)."""
+# What every line gets, whoever wrote it.
+_SHARED = [structlog.contextvars.merge_contextvars, structlog.stdlib.add_log_level,
+           structlog.stdlib.add_logger_name, _timestamp]
+
+
+def _renderers(json: bool, colors: bool) -> list:
+    if json:
+        traceback = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+        return [traceback, structlog.processors.JSONRenderer(ensure_ascii=False)]
+    return [structlog.dev.ConsoleRenderer(colors=colors,
+                                          exception_formatter=structlog.dev.plain_traceback)]
+
+
+def dict_config(level: str = "INFO", json: bool = True, stream=None) -> dict:
+    """A ``logging.config.dictConfig`` schema (uvicorn's ``log_config`` takes it too): one handler
+    on the root logger, formatted by structlog; uvicorn's loggers propagate to it. Loggers that
+    exist already stay enabled."""
     stream = stream or sys.stderr
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.access", "uvicorn.error"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
-    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    formatter = {"()": structlog.stdlib.ProcessorFormatter, "foreign_pre_chain": _SHARED,
+                 "processors": [structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                                *_renderers(json, stream.isatty()), _scrub_line]}
+    return {
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"structlog": formatter},
+        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "structlog",
+                                 "stream": stream}},
+        "root": {"handlers": ["default"], "level": level},
+        "loggers": {name: {"handlers": [], "propagate": True} for name in UVICORN_LOGGERS},
+    }
+
+
+def configure(level: str = "INFO", json: bool = True, stream=None) -> dict:
+    """Route structlog and the standard library's loggers through the formatter above; returns
+    the ``dictConfig`` schema applied, for ``uvicorn.run(log_config=...)``."""
+    config = dict_config(level, json, stream)
+    logging.config.dictConfig(config)
     structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
-                    structlog.processors.TimeStamper(fmt="iso", utc=False),
-                    _scrub_processor, renderer],
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        processors=[structlog.stdlib.filter_by_level, *_SHARED,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+    return config

@@ -181,10 +181,19 @@ def test_count_is_capped_at_500(loaded):
     assert "_count=500" in self_link
 
 
-def test_metadata(hub):
-    statement = hub.client().get("/fhir/metadata").json()
+def test_metadata_needs_no_token_and_nothing_else_under_fhir_goes_without(hub):
+    answer = hub.client().get("/fhir/metadata")  # hub-interface.md, "Who is calling"
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("application/fhir+json")
+    statement = answer.json()
+    assert statement["resourceType"] == "CapabilityStatement"
     assert statement["fhirVersion"] == "4.0.1"
     get_fhir_model_class("CapabilityStatement").model_validate(statement)
+    for path in ("/fhir/Patient", "/fhir/Patient/1", "/fhir/Patient/1/$everything",
+                 "/fhir/Encounter", "/fhir/AuditEvent"):
+        refused = hub.client().get(path)
+        assert refused.status_code == 401, path
+        assert refused.json()["resourceType"] == "OperationOutcome"
 
 
 def test_fhir_reads_need_a_reader(loaded, hub):

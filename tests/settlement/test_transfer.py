@@ -41,7 +41,7 @@ D = date.fromisoformat
     ("2026-09-18", 1, "2026-09-20"),    # Sunday 20 Sep is a make-up working day
     ("2026-04-03", 1, "2026-04-07"),    # Qingming 4-6 Apr
     ("2026-04-30", 1, "2026-05-06"),    # Labour Day 1-5 May
-    ("2027-02-04", 1, "2027-02-09"),    # provisional 2027: 5-8 Feb off (6, 7 a weekend)
+    ("2027-02-04", 1, "2027-02-11"),    # provisional 2027: 5-8 Feb off, 9-10 in lieu of 6-7
 ])
 def test_add_working_days(start, n, expected):
     assert add_working_days(D(start), n, CAL) == D(expected)

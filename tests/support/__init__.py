@@ -1,1 +1,1 @@
-"""Helpers shared by test modules (never import one test module from another)."""
+"""Helpers shared by tests (imported as ``tests.support``; never import another test module)."""
