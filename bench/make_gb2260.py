@@ -47,15 +47,17 @@ def gb2260_lists(repo: Path) -> dict[str, dict[str, str]]:
         rows = csv.DictReader(io.StringIO(_git_show(repo, "HEAD", f"mca/{rev}.tsv")), delimiter="\t")
         out[rev] = {r["Code"]: r["Name"] for r in rows}
     revs = sorted(out)
-    for before, rev in zip(revs, revs[1:]):
-        _mend(out[before], out[rev])
+    for before, rev, after in zip(revs, revs[1:], revs[2:]):
+        _mend(out[before], out[rev], out[after])
     return out
 
 
-def _mend(before: dict[str, str], codes: dict[str, str]) -> None:
-    """Put back a province or city that a list files under a county code: 1987's has
-    339007 安徽省 and 339008 合肥市 (340000 and 340100 are missing from it)."""
-    upper = {name: code for code, name in before.items() if code.endswith("00") and code not in codes}
+def _mend(before: dict[str, str], codes: dict[str, str], after: dict[str, str]) -> None:
+    """Put back a province or city that one list files under a county code: 1987's has
+    339007 安徽省 and 339008 合肥市, and misses 340000 and 340100, which the lists before and
+    after have (a city that ends, 巢湖市 341400 in 2011, is no such gap)."""
+    upper = {name: code for code, name in before.items()
+             if code.endswith("00") and code not in codes and after.get(code) == name}
     for code, name in list(codes.items()):
         if not code.endswith("00") and name in upper:
             del codes[code]

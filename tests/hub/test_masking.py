@@ -97,7 +97,7 @@ def test_masked_address_is_the_table_names_and_nothing_of_the_street(district, f
     expected = "".join(d.name for d in chain if d)
     assert masked == {"use": "home", "state": province.name, "city": (city or province).name,
                       "district": district.name, "text": expected}
-    shown = "".join(masked.values())
+    shown = "\n".join(masked.values())
     pieces = {street[i:j] for i in range(len(street)) for j in range(i + 1, len(street) + 1)}
     assert not [p for p in pieces if p not in expected and p in shown]
 
