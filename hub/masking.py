@@ -2,7 +2,8 @@
 
 - resident ID and other person documents: ``3304**********002X`` (first four, last four);
 - phones: ``138****0000`` (first three, last four);
-- addresses: down to the district (state, city, district; street, lines and postcode removed);
+- addresses: down to the district, as GB/T 2260 names it (state, city, district; street, lines,
+  postcode and anything the table does not name removed);
 - a masked resource carries the security label ``MASKED``.
 
 Only administrators see the full values. The full values must never reach a hospital's answer.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from mappers.address import best_place
 from mappers.common import PERSON_DOCUMENT_SYSTEMS, mask_resident_id
 
 MASKED_LABEL = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -29,11 +31,15 @@ def mask_phone(phone: str) -> str:
 
 
 def mask_address(address: dict[str, Any]) -> dict[str, Any]:
-    """Down to the district: state, city, district and country stay, nothing finer."""
-    kept = {k: address[k] for k in ("use", "type", "state", "city", "district", "country")
-            if k in address}
-    text = "".join(address.get(k, "") for k in ("state", "city", "district"))
-    if text:
+    """Down to the district, by the GB/T 2260 table: what is shown is the province, city and
+    district names the table knows, read from the address's text or from its state/city/
+    district (whichever names more); nothing finer, and nothing the table does not name (a
+    stored district that is a compound is dropped). ``use``, ``type`` and ``country`` stay."""
+    kept = {k: address[k] for k in ("use", "type", "country") if k in address}
+    fields = "".join(str(address.get(k) or "") for k in ("state", "city", "district"))
+    place = best_place(address.get("text"), fields)
+    kept.update(place.fields())
+    if text := place.names():
         kept["text"] = text
     return kept
 

@@ -75,6 +75,7 @@ from typing import Any, Callable, Iterator
 
 from charset_normalizer import from_bytes
 
+from mappers.address import fhir_address
 from mappers.common import scrub
 from mappers.common import (
     CST, ICD10_SYSTEM, check_character, INSURANCE_CARD_SYSTEM, LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM,
@@ -191,9 +192,6 @@ _CN_DATE_RE = re.compile(r"^(\d{4})年(\d{1,2})月(\d{1,2})日?(?:\s*(\d{1,2}):(
 _PHONE_RE = re.compile(r"^\+?\d[\d-]{5,19}$")
 _AREA_RE = re.compile(r"^\d{6}$")
 _ICD_RE = re.compile(r"^[A-Za-z]\d{2}[0-9A-Za-z.+*/-]*$")
-_ADDRESS_RE = re.compile(r"^(?P<state>[\u4e00-\u9fff]{2,6}?(?:省|自治区))?"
-                         r"(?P<city>[\u4e00-\u9fff]{2,6}?市)?"
-                         r"(?P<district>[\u4e00-\u9fff]{1,6}?(?:区|县|市))?")
 
 
 def _text(raw: str | None) -> str | None:
@@ -648,15 +646,6 @@ def _is_os_metadata(info: zipfile.ZipInfo) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def _address(text: str) -> dict[str, str]:
-    address = {"text": text}
-    m = _ADDRESS_RE.match(text)
-    for part in ("state", "city", "district"):
-        if m and m.group(part):
-            address[part] = m.group(part)
-    return address
-
-
 def _patient(values: dict[str, Any]) -> dict[str, Any]:
     """The Patient (no id) from whatever a row says about the person."""
     patient: dict[str, Any] = {"resourceType": "Patient", "identifier": []}
@@ -674,7 +663,7 @@ def _patient(values: dict[str, Any]) -> dict[str, Any]:
     if values.get("phone"):
         patient["telecom"] = [{"system": "phone", "value": values["phone"]}]
     if values.get("address"):
-        patient["address"] = [_address(values["address"])]
+        patient["address"] = [fhir_address(values["address"])]
     return patient
 
 

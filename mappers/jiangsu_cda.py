@@ -39,6 +39,7 @@ from typing import Any, Iterator
 
 from lxml import etree
 
+from mappers.address import fhir_address
 from mappers.common import scrub as _scrub
 from mappers.common import (
     DICOM_MODALITIES,
@@ -742,22 +743,15 @@ def _telecom(el: etree._Element) -> dict[str, Any] | None:
 
 
 def _address(el: etree._Element) -> dict[str, Any] | None:
+    """<addr> as Address: its parts (or its bare text) joined and read by ``mappers.address``,
+    so state/city/district are GB/T 2260 names whatever <county> holds, and the rest is line."""
     if el.get("nullFlavor"):
         return None
-    parts = {local: _text(el.find(f"h:{local}", NS)) for local in ADDRESS_ORDER}
-    parts["postalCode"] = _text(el.find("h:postalCode", NS))
-    text = "".join(parts[k] or "" for k in ADDRESS_ORDER) or clean(el.text)
+    parts = [_text(el.find(f"h:{local}", NS)) for local in ADDRESS_ORDER]
+    text = "".join(p for p in parts if p) or clean(el.text)
     if not text:
         return None
-    address: dict[str, Any] = {"text": text}
-    line = "".join(parts[k] or "" for k in ADDRESS_ORDER[3:])
-    if line:
-        address["line"] = [line]
-    for fhir_key, cda_key in (("district", "county"), ("city", "city"), ("state", "state"),
-                              ("postalCode", "postalCode")):
-        if parts[cda_key]:
-            address[fhir_key] = parts[cda_key]
-    return address
+    return fhir_address(text, postalCode=_text(el.find("h:postalCode", NS)))
 
 
 # ---- practitioner, encounter -----------------------------------------------------------------

@@ -34,6 +34,7 @@ from datetime import date, datetime
 from typing import Any, Callable, NamedTuple
 from urllib.parse import quote
 
+from mappers.address import fhir_address
 from mappers.common import scrub as _scrub
 from mappers.common import (
     DICOM_MODALITY_SYSTEM,
@@ -71,6 +72,7 @@ from mappers.common import (
     reference_range,
     validate,
 )
+from mappers.regions import division
 
 BOM = b"\xef\xbb\xbf"
 # Versions the hub reads (MSH-12, major.minor): the format names 2.3-2.6, peers send up to 2.8.
@@ -200,7 +202,6 @@ ERROR_CODES: dict[str, str] = {
 _UID_RE = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 _SEGMENT_ID_RE = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _HOSPITAL_CODE_RE = re.compile(r"^H\d{11}$")
-_DISTRICT_RE = re.compile(r"^(\S{1,6}?(?:新区|区|县))")
 _DTM_RE = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
 _CJK_RE = re.compile(r"[\u3400-\u9fff]")
 
@@ -658,33 +659,24 @@ def _names(pid: _Segment) -> list[dict[str, Any]]:
 
 
 def _address(pid: _Segment, rep: int) -> dict[str, Any] | None:
+    """XAD as Address. A Chinese one is read by ``mappers.address`` from state, city, XAD-9
+    (a district name or GB/T 2260 code) and the street lines (黄浦区南京东路1号); another keeps
+    its parts as sent, with no district."""
     c = pid.comps(11, rep) + [""] * 9
     street = pid.text(11, 1, 1, rep)
     other, city, state, postal, country, kind, county = c[1], c[2], c[3], c[4], c[5], c[6], c[8]
     if not any((street, other, city, state, postal)):
         return None
-    address: dict[str, Any] = {}
-    lines = [x for x in (street, other) if x]
-    if lines:
-        address["line"] = lines
-    # The district: XAD-9, else the leading "...区/县" of a Chinese street line (黄浦区南京东路1号).
-    district = county
-    if not district and street and _CJK_RE.search(street):
-        m = _DISTRICT_RE.match(street)
-        district = m.group(1) if m else ""
-    for key, value in (("city", city), ("state", state), ("district", district),
-                       ("postalCode", postal), ("country", country)):
-        if value:
-            address[key] = value
+    extra = {"postalCode": postal or None, "country": country or None, "use": ADDRESS_USES.get(kind.upper())}
     if _CJK_RE.search(street + city + state):
-        parts = [state, city if city != state else "", street, other]
-        address["text"] = "".join(p for p in parts if p)
-    else:
-        address["text"] = ", ".join(p for p in (street, other, city, state, postal) if p)
-    use = ADDRESS_USES.get(kind.upper())
-    if use:
-        address["use"] = use
-    return address
+        if known := division(county):
+            county = known.name
+        parts = [state, city if city != state else "", "" if street.startswith(county) else county, street, other]
+        return fhir_address("".join(p for p in parts if p), **extra)
+    address = {"text": ", ".join(p for p in (street, other, city, state, postal) if p),
+               "line": [x for x in (street, other) if x] or None, "city": city or None, "state": state or None,
+               **extra}
+    return {k: v for k, v in address.items() if v is not None}
 
 
 def _telecoms(pid: _Segment) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Callable
 
+from mappers.address import fhir_address
 from mappers.common import scrub as _scrub
 from mappers.common import (
     DICOM_MODALITIES, DICOM_MODALITY_SYSTEM, DICOM_UID_SYSTEM, DOCUMENT_SYSTEMS,
@@ -494,32 +495,12 @@ def _birth_date(hz: dict, hpath: str, rid: str | None) -> date | None:
     return from_id
 
 
-# Province (or a municipality), city, district/county as written at the start of an address.
-# The classes exclude the characters of street-level names so "文三路小区" is no district.
-_NOT_PLACE = "省市区县路街道号巷弄村镇乡楼室"
-_ADDRESS_RE = re.compile(
-    rf"^(?P<state>[^{_NOT_PLACE}]{{2,8}}?(?:省|自治区)|北京市|上海市|天津市|重庆市)?"
-    rf"(?P<city>[^{_NOT_PLACE}]{{2,8}}?(?:市|自治州|地区|盟))?"
-    rf"(?P<district>[^{_NOT_PLACE}]{{1,8}}?(?:区|县|市|旗))?")
-_MUNICIPALITIES = {"北京市", "上海市", "天津市", "重庆市"}
-
-
 def _address(text: str | None) -> list[dict] | None:
-    """xzz (current address) as Address with state/city/district when the text starts with them.
-
-    A district is only read after a province or city, so masking (down to the district) never
-    keeps a street by mistake.
-    """
+    """xzz (current address) as Address: state/city/district as GB/T 2260 names them
+    (``mappers.address``), the rest as line; none of them when the text names no district."""
     if text is None:
         return None
-    m = _ADDRESS_RE.match(text)
-    state, city, district = m.group("state"), m.group("city"), m.group("district")
-    if state in _MUNICIPALITIES and city is None:
-        city = state
-    if state is None and city is None:
-        district = None
-    return [_compact({"use": "home", "text": text, "state": state, "city": city,
-                      "district": district, "country": "CN"})]
+    return [fhir_address(text, use="home", country="CN")]
 
 
 # ---------------------------------------------------------------------------------------------

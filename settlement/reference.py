@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from mappers.common import PROVINCE_OF_PREFIX
+from mappers.regions import is_current
 
 HOSPITALS_FILE = "hospitals.csv"
 CATALOGUE_FILE = "catalogue.csv"
@@ -222,15 +223,16 @@ def _csv_rows(text: str, name: str, columns: Iterable[str]) -> list[tuple[str, d
 
 
 def parse_hospitals(text: str) -> dict[str, Hospital]:
-    """hospitals.csv -> hospitals by code. A duplicate code or an area outside the region fails."""
+    """hospitals.csv -> hospitals by code. A duplicate code, or an area that is not a current
+    GB/T 2260 code of the region (``mappers.regions``), fails."""
     hospitals: dict[str, Hospital] = {}
     for where, row in _csv_rows(text, HOSPITALS_FILE, ("fixmedins_code", "name", "admdvs", "level")):
         code, admdvs = row["fixmedins_code"], row["admdvs"]
         if not _HOSPITAL_CODE_RE.match(code) or code in hospitals:
             raise ReferenceDataError(f"{where}: bad or repeated hospital code {code!r}")
         province = province_of(admdvs) if _AREA_RE.match(admdvs) else None
-        if province is None:
-            raise ReferenceDataError(f"{where}: area {admdvs!r} is not in the region")
+        if province is None or not is_current(admdvs):
+            raise ReferenceDataError(f"{where}: area {admdvs!r} is not a current GB/T 2260 code of the region")
         level = _int(row["level"], f"{where} level")
         if level not in HOSPITAL_LEVELS:
             raise ReferenceDataError(f"{where}: level {level} is not 1, 2 or 3")

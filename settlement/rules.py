@@ -50,6 +50,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from mappers.common import InvalidValue, normalize_resident_id, resident_id_birth_date
+from mappers.regions import division, is_current
 
 from .reference import (INSUTYPES, CatalogueItem, Hospital, Policy, Reference, default_reference,
                         province_of)
@@ -65,7 +66,7 @@ REQUEST_ERRORS: Mapping[str, str] = {
     "NO_LINES": "a settlement needs at least one fee line",
     "LINE_AMOUNT_MISMATCH": "a line's det_item_fee_sumamt is not cnt x pric to two places",
     "UNKNOWN_HOSPITAL": "fixmedins_code is not a hospital of hospitals.csv",
-    "UNKNOWN_INSUPLC": "insuplc_admdvs is not an area code of the region",
+    "UNKNOWN_INSUPLC": "insuplc_admdvs is not a current GB/T 2260 area code of the region",
     "INSUPLC_MISMATCH": "the insured place's platform places the coverage in another province",
 }
 
@@ -281,9 +282,15 @@ def _cert_no(raw: Mapping[str, Any], cert_type: str) -> str:
 
 
 def _insuplc(raw: Mapping[str, Any]) -> str:
+    """A current GB/T 2260 code (``mappers.regions``) in the region: ``339999`` is no place,
+    ``341400`` (巢湖市) was retired in 2011."""
     code = _text(raw, "insuplc_admdvs")
     if not _AREA_RE.match(code) or province_of(code) is None:
         raise RequestInvalid("UNKNOWN_INSUPLC", "not an area code of the region", "insuplc_admdvs")
+    if not is_current(code):
+        known = division(code)
+        why = f"retired in {known.retired} ({known.name})" if known else "not a GB/T 2260 area code"
+        raise RequestInvalid("UNKNOWN_INSUPLC", f"{code}: {why}", "insuplc_admdvs")
     return code
 
 

@@ -58,6 +58,7 @@ from sqlalchemy.exc import IntegrityError
 
 from hub.db import writer
 from mappers.common import CST, scrub
+from mappers.regions import full_name, is_current
 from settlement.platform import (HUB_PARTY, OutcomeUnknown, PlatformBusy, PlatformError, PlatformNotConfigured,
                                  Refused, new_msgid, province_of)
 from settlement.reference import INSUTYPES
@@ -72,14 +73,10 @@ DESTINATION_WORKING_DAYS = 5
 COMPENSATION_WORKING_DAYS = 10
 STEP_ORDER = {"4101": 1, "4102": 2, "4201": 3, "4103": 4}
 DEFAULT_CALENDAR = Path(__file__).resolve().parent / "data" / "calendar.json"
-# Area names of the region's places that have hospitals or policies (GB/T 2260).
-AREA_NAMES: dict[str, str] = {
-    "310101": "上海市黄浦区", "310104": "上海市徐汇区", "310106": "上海市静安区", "310115": "上海市浦东新区",
-    "310118": "上海市青浦区", "320106": "南京市鼓楼区", "320115": "南京市江宁区", "320508": "苏州市姑苏区",
-    "320509": "苏州市吴江区", "330106": "杭州市西湖区", "330203": "宁波市海曙区", "330402": "嘉兴市南湖区",
-    "330421": "嘉兴市嘉善县", "340103": "合肥市庐阳区", "340104": "合肥市蜀山区", "340202": "芜湖市镜湖区",
-    "341502": "六安市金安区",
-}
+# The region's places that have hospitals or policies, beside the hospitals' own (named by
+# mappers.regions, GB/T 2260).
+AREA_CODES = ("310101", "310104", "310106", "310115", "310118", "320106", "320115", "320508", "320509",
+              "330106", "330203", "330402", "330421", "340103", "340104", "340202", "341502")
 # Sequence numbers of the saga's msgids live in 5000..9999 so that they never meet the platform
 # client's own per-second counter (which starts at 1) under the same party and second.
 MSGID_SEQ_BASE, MSGID_SEQ_SPAN = 5000, 5000
@@ -162,8 +159,8 @@ def region_places() -> list[dict[str, str]]:
     and the named areas above, each ``{"admdvs", "name", "province"}``, sorted by code."""
     from settlement.reference import default_reference
 
-    codes = {h.admdvs for h in default_reference().hospitals.values()} | set(AREA_NAMES)
-    return [{"admdvs": c, "name": AREA_NAMES.get(c, c), "province": province_of(c)} for c in sorted(codes)]
+    codes = {h.admdvs for h in default_reference().hospitals.values()} | set(AREA_CODES)
+    return [{"admdvs": c, "name": full_name(c) or c, "province": province_of(c)} for c in sorted(codes)]
 
 
 class TransferError(Exception):
@@ -198,13 +195,16 @@ def step_row(transfer_id: str, infno: str, started_on: date, deadline: date) -> 
 
 def check_request(from_admdvs: str | None, to_admdvs: Any, insutype: Any) -> None:
     """Raise ``TransferError`` (Chinese message) unless ``to_admdvs`` is a six-digit place of the
-    region below province level in another province than ``from_admdvs`` and ``insutype`` is
-    310 or 390. ``from_admdvs`` None: the person has no coverage of that type to move."""
+    region below province level, current in GB/T 2260 (``mappers.regions``), in another province
+    than ``from_admdvs``, and ``insutype`` is 310 or 390. ``from_admdvs`` None: the person has no
+    coverage of that type to move."""
     if insutype not in INSUTYPES:
         raise TransferError("险种只能是职工基本医疗保险（310）或城乡居民基本医疗保险（390）。", "BAD_INSUTYPE")
     if not isinstance(to_admdvs, str) or len(to_admdvs) != 6 or not to_admdvs.isdigit() \
             or to_admdvs.endswith("0000"):
         raise TransferError("请选择转入地（六位行政区划代码，具体到区县）。", "BAD_PLACE")
+    if not is_current(to_admdvs):
+        raise TransferError(f"转入地{to_admdvs}不是现行的行政区划代码（GB/T 2260）。", "UNKNOWN_PLACE")
     try:
         to_province = province_of(to_admdvs)
     except ValueError:

@@ -102,7 +102,7 @@ def test_patient_file_gbk():
         "name": [{"text": "张伟"}], "gender": "male", "birthDate": "1978-06-15",
         "telecom": [{"system": "phone", "value": "13955110023"}],
         "address": [{"text": "安徽省合肥市蜀山区稻香村街道黄山路128号", "state": "安徽省",
-                     "city": "合肥市", "district": "蜀山区"}],
+                     "city": "合肥市", "district": "蜀山区", "line": ["稻香村街道黄山路128号"]}],
     }
     wang, li, zhao = (r.patient for r in result.records[1:])
     assert (wang["gender"], wang["birthDate"]) == ("female", "1952-11-03")  # sex digit 2, 1952/11/3
@@ -114,7 +114,9 @@ def test_patient_file_gbk():
                                    "assigner": {"identifier": {"value": "340111"},
                                                 "display": "参保地 340111"}}]
     assert zhao["birthDate"] == "1988-07-22"
-    assert "district" not in zhao["address"][0] or zhao["address"][0]["district"] == "包河区"
+    # No province written: the table knows 包河区 of 合肥市 is in 安徽省.
+    assert zhao["address"] == [{"text": "合肥市包河区望湖街道", "state": "安徽省", "city": "合肥市",
+                                "district": "包河区", "line": ["望湖街道"]}]
     keys = {r.key for r in result.records}
     assert len(keys) == 4 and all(k.startswith(f"{SENDER}|patient|") for k in keys)
     assert not any(ZHANG in k for k in keys)  # keys never carry the ID number itself
@@ -400,6 +402,24 @@ def test_patient_row_rejections(row, column):
     result = map_upload(csv_bytes(PH, row), SENDER, "p.csv")
     assert result.records == []
     assert locations(result) == [f"p.csv:row 2:column {column}"]
+
+
+@pytest.mark.parametrize("address, parts, line", [
+    # A compound is never a district: the old regex made 长江西路小区 one, and masking kept it.
+    ("安徽省合肥市长江西路小区3栋402室", ("安徽省", "合肥市", None), "长江西路小区3栋402室"),
+    ("江苏省南京市鼓楼区中山北路8号", ("江苏省", "南京市", "鼓楼区"), "中山北路8号"),
+    ("浙江省台州市路桥区路南街道", ("浙江省", "台州市", "路桥区"), "路南街道"),
+    ("浙江省宁波市镇海区蛟川街道", ("浙江省", "宁波市", "镇海区"), "蛟川街道"),
+    ("芜湖市镜湖区滨江社区", ("安徽省", "芜湖市", "镜湖区"), "滨江社区"),
+    ("滨江社区5栋", (None, None, None), "滨江社区5栋"),
+])
+def test_address_read_against_gb2260(address, parts, line):
+    row = f"张伟,男,1978-06-15,340104197806150130,13955110023,{address},,"
+    (patient,) = (r.patient for r in map_upload(csv_bytes(PH, row), SENDER).records)
+    got = patient["address"][0]
+    assert got["text"] == address
+    assert (got.get("state"), got.get("city"), got.get("district")) == parts
+    assert got["line"] == [line]
 
 
 def test_sex_codes_gb_t_2261():

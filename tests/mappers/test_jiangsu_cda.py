@@ -96,6 +96,35 @@ def test_outpatient_patient_is_keyed_by_resident_id_without_the_visit_number():
         "district": "吴江区", "city": "苏州市", "state": "江苏省", "postalCode": "215200"}]
 
 
+OUTPATIENT_ADDR = """<houseNumber>松陵镇流虹路88号3幢502室</houseNumber>
+        <county>吴江区</county>
+        <city>苏州市</city>
+        <state>江苏省</state>"""
+
+
+@pytest.mark.parametrize("addr, parts, line", [
+    # Parts whose district names hold 楼/路/镇.
+    ("<houseNumber>中山路1号</houseNumber><county>鼓楼区</county><city>南京市</city><state>江苏省</state>",
+     ("江苏省", "南京市", "鼓楼区"), "中山路1号"),
+    ("<streetName>银安街</streetName><county>路桥区</county><city>台州市</city>",
+     ("浙江省", "台州市", "路桥区"), "银安街"),
+    ("<township>招宝山街道</township><county>镇海区</county><city>宁波市</city><state>浙江省</state>",
+     ("浙江省", "宁波市", "镇海区"), "招宝山街道"),
+    # A compound put in <county> is still no district.
+    ("<houseNumber>3栋402室</houseNumber><county>长江西路小区</county><city>合肥市</city><state>安徽省</state>",
+     ("安徽省", "合肥市", None), "长江西路小区3栋402室"),
+    # Free text only.
+    ("安徽省合肥市长江西路小区3栋402室", ("安徽省", "合肥市", None), "长江西路小区3栋402室"),
+    ("南京市鼓楼区中山路1号", ("江苏省", "南京市", "鼓楼区"), "中山路1号"),
+])
+def test_address_read_against_gb2260(addr, parts, line):
+    body = variant("outpatient.xml", OUTPATIENT_ADDR, addr)
+    (record,) = map_upload(body, SENDERS["outpatient.xml"]).records
+    address = record.patient["address"][0]
+    assert (address.get("state"), address.get("city"), address.get("district")) == parts
+    assert address["line"] == [line]
+
+
 def test_outpatient_encounter_is_the_visit_of_the_outpatient_number():
     record = mapped("outpatient.xml")
     assert record.key == f"{WUJIANG}|DOC-H32050900012-20240315-000881"

@@ -162,6 +162,36 @@ def test_full_name_in_first_component_is_never_split():
     assert of_type(record, "Encounter")[0]["class"]["code"] == "EMER"
 
 
+@pytest.mark.parametrize("xad, parts, line", [
+    # XAD-1 starting with the district (the fixtures' form).
+    ("黄浦区南京东路1号^^上海市^^200001^CHN", ("上海市", "上海市", "黄浦区"), "南京东路1号"),
+    # A compound or community is never a district (the old regex took 曹杨新村小区 for one).
+    ("曹杨新村小区12号^^上海市^^200062^CHN", ("上海市", "上海市", None), "曹杨新村小区12号"),
+    ("安徽省合肥市长江西路小区3栋402室^^^^230000^CHN", ("安徽省", "合肥市", None), "长江西路小区3栋402室"),
+    # District names holding 楼/路/镇, a patient from another province.
+    ("鼓楼区中山路1号^^南京市^江苏省^210009^CHN", ("江苏省", "南京市", "鼓楼区"), "中山路1号"),
+    ("路桥区银安街8号^^台州市^浙江省^^CHN", ("浙江省", "台州市", "路桥区"), "银安街8号"),
+    ("镇海区招宝山街道^^宁波市^浙江省^^CHN", ("浙江省", "宁波市", "镇海区"), "招宝山街道"),
+    # XAD-9 as a GB/T 2260 code or as a name, the street without the district.
+    ("华新镇淮海路12号^^上海市^^201708^CHN^H^^310118", ("上海市", "上海市", "青浦区"), "华新镇淮海路12号"),
+    ("华新镇淮海路12号^^上海市^^201708^CHN^H^^青浦区", ("上海市", "上海市", "青浦区"), "华新镇淮海路12号"),
+])
+def test_address_read_against_gb2260(xad, parts, line):
+    message = fixture("adt_a04.hl7").replace("黄浦区南京东路1号^^上海市^^200001^CHN".encode(), xad.encode())
+    address = only_record(sh.map_message(message, HP)).patient["address"][0]
+    assert (address.get("state"), address.get("city"), address.get("district")) == parts
+    assert address["line"] == [line]
+
+
+def test_latin_address_keeps_its_parts_and_has_no_district():
+    message = fixture("adt_a04.hl7").replace("黄浦区南京东路1号^^上海市^^200001^CHN".encode(),
+                                             b"1 Nanjing Road East^Huangpu^Shanghai^^200001^CHN^H^^Huangpu")
+    address = only_record(sh.map_message(message, HP)).patient["address"][0]
+    assert address == {"text": "1 Nanjing Road East, Huangpu, Shanghai, 200001", "city": "Shanghai",
+                       "line": ["1 Nanjing Road East", "Huangpu"], "postalCode": "200001", "country": "CHN",
+                       "use": "home"}
+
+
 @pytest.mark.parametrize("code, gender", sorted(sh.GENDERS.items()))
 def test_gender_table_0001(code, gender):
     message = fixture("adt_a04.hl7").replace(b"|19900307|M|", f"|19900307|{code}|".encode())

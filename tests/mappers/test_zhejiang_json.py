@@ -112,7 +112,7 @@ def test_patient(basic):
     assert p["telecom"] == [{"system": "phone", "value": "13857300000"}]
     assert p["address"] == [{"use": "home", "text": "浙江省嘉兴市嘉善县罗星街道...",
                              "state": "浙江省", "city": "嘉兴市", "district": "嘉善县",
-                             "country": "CN"}]
+                             "line": ["罗星街道..."], "country": "CN"}]
 
 
 @pytest.mark.parametrize("xb, gender", [("0", "unknown"), ("1", "male"), ("2", "female"),
@@ -130,19 +130,26 @@ def test_absent_sex_and_birth_date_come_from_the_resident_id():
     assert (patient["gender"], patient["birthDate"]) == ("female", "1985-04-12")
 
 
-@pytest.mark.parametrize("address, parts", [
-    ("浙江省杭州市西湖区文三路478号", ("浙江省", "杭州市", "西湖区")),
-    ("上海市黄浦区南京东路1号", ("上海市", "上海市", "黄浦区")),
-    ("浙江省嘉兴市海宁市硖石街道", ("浙江省", "嘉兴市", "海宁市")),
-    ("浙江省杭州市文三路小区5幢", ("浙江省", "杭州市", None)),
-    ("文三路小区5幢", (None, None, None)),
+@pytest.mark.parametrize("address, parts, line", [
+    ("浙江省杭州市西湖区文三路478号", ("浙江省", "杭州市", "西湖区"), "文三路478号"),
+    ("上海市黄浦区南京东路1号", ("上海市", "上海市", "黄浦区"), "南京东路1号"),
+    ("浙江省嘉兴市海宁市硖石街道", ("浙江省", "嘉兴市", "海宁市"), "硖石街道"),
+    ("浙江省杭州市文三路小区5幢", ("浙江省", "杭州市", None), "文三路小区5幢"),
+    ("文三路小区5幢", (None, None, None), "文三路小区5幢"),
+    # District names with 楼/路/镇 in them (the old regex lost them).
+    ("江苏省南京市鼓楼区中山路1号", ("江苏省", "南京市", "鼓楼区"), "中山路1号"),
+    ("浙江省台州市路桥区路桥街道银安街8号", ("浙江省", "台州市", "路桥区"), "路桥街道银安街8号"),
+    ("宁波市镇海区招宝山街道", ("浙江省", "宁波市", "镇海区"), "招宝山街道"),
+    # A compound is never a district.
+    ("安徽省合肥市长江西路小区3栋402室", ("安徽省", "合肥市", None), "长江西路小区3栋402室"),
 ])
-def test_address_parts(address, parts):
+def test_address_parts(address, parts, line):
     doc = doc_of("upload_basic.json")
     doc["jzjl"][0]["hzxx"]["xzz"] = address
     got = map_upload(encode(doc), "H33042100015").records[0].patient["address"][0]
     assert got["text"] == address
     assert (got.get("state"), got.get("city"), got.get("district")) == parts
+    assert got["line"] == [line]
 
 
 def test_same_person_at_another_hospital_has_the_same_resident_id(basic):
