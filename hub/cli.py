@@ -93,8 +93,8 @@ def _demo_module(name: str):
     try:
         return importlib.import_module(f"yrdhub_demo.{name}")
     except ModuleNotFoundError as exc:
-        if exc.name != "yrdhub_demo":
-            raise
+        if (exc.name or "").split(".")[0] != "yrdhub_demo":
+            raise  # the demo is there but something it needs is not: the traceback says what
         print("yrdhub: the demo and the simulated platforms are not installed here (package "
               "yrdhub_demo missing; the hub's production image leaves them out). Install yrdhub "
               "from its source: pip install .", file=sys.stderr)
@@ -104,12 +104,16 @@ def _demo_module(name: str):
 def cmd_demo(args) -> int:
     """Start the simulated platforms and the hub on a fresh SQLite file, show records and
     settlement at work through the hub's HTTP endpoints, and serve. Everything runs on loopback."""
-    demo = _demo_module("run")
-    if demo is None:
-        return 2
-    if args.check:
-        return demo.check()
-    return demo.run(port=args.port, workdir=Path(args.workdir))
+    try:
+        demo = _demo_module("run")
+        if demo is None:
+            return 2
+        if args.check:
+            return demo.check()
+        return demo.run(port=args.port, workdir=Path(args.workdir))
+    except KeyboardInterrupt:  # Ctrl-C, at any moment: how a demo is meant to end, not an error
+        print("yrdhub demo stopped.", flush=True)
+        return 0
 
 
 def cmd_simulate(args) -> int:

@@ -3,12 +3,14 @@ insurance platforms, walked through both of its jobs (``story.STEPS``) with the 
 left running for a person to click through the portal.
 
 Everything listens on loopback. The database is ``<workdir>/demo.db``, made afresh on every start.
-Ctrl-C (SIGINT) or SIGTERM stops the hub and the platforms and exits 0: that is how a demo is
-meant to end, so it is no error and prints no traceback, whichever step it interrupts.
+Ctrl-C (SIGINT) stops the hub (uvicorn's graceful shutdown) and the platforms, and the hub's
+server re-raises it as KeyboardInterrupt, which ``yrdhub demo`` takes as the normal end: exit 0,
+no traceback, whichever step it interrupts.
 """
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 import time
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import uvicorn
 
+from hub.config import get_settings
 from yrdhub_demo import shipped, story
 from yrdhub_demo.simulate import persons_file
 
@@ -37,24 +40,39 @@ def run(port: int = 8000, workdir: Path = Path("demo-data")) -> int:
 
     if check() != 0:
         return 2
+    taken = [f"{what} port {p}" for what, p in (("HTTP", port), ("MLLP", get_settings().mllp_port))
+             if p and not _free(p)]
+    if taken:
+        print(f"yrdhub demo: {' and '.join(taken)} already in use on 127.0.0.1 (another hub?); "
+              "choose others with --port and YRDHUB_MLLP_PORT (0: no MLLP)", file=sys.stderr)
+        return 2
     started = time.monotonic()
-    try:
-        with persons_file() as persons:
-            sims = start_simulators(persons_path=persons)
-            try:
-                _serve(port, workdir, sims, started)
-            finally:
-                sims.stop()
-    except KeyboardInterrupt:  # before the server took the signals over, or re-raised by it
-        pass
-    print("yrdhub demo stopped.", flush=True)
+    with persons_file() as persons:
+        sims = start_simulators(persons_path=persons)
+        try:
+            served = _serve(port, workdir, sims, started)
+        finally:
+            sims.stop()
+    if not served:
+        print(f"yrdhub demo: the hub did not start; its log says why: {workdir}/hub.log", file=sys.stderr)
+        return 1
     return 0
 
 
-def _serve(port: int, workdir: Path, sims, started: float) -> None:
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _serve(port: int, workdir: Path, sims, started: float) -> bool:
+    """Serve until stopped; False when the hub never started (the reason is in its log)."""
     from hub import logs
     from hub.app import create_app
-    from hub.config import Settings, get_settings
+    from hub.config import Settings
 
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in workdir.glob("demo.db*"):
@@ -74,6 +92,7 @@ def _serve(port: int, workdir: Path, sims, started: float) -> None:
     ctx = story.Ctx(base, app.state.engine, sims)
     threading.Thread(target=_tell, args=(server, ctx, started), name="demo-story", daemon=True).start()
     server.run()
+    return server.started
 
 
 def _tell(server: uvicorn.Server, ctx: story.Ctx, started: float) -> None:
