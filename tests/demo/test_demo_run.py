@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, free_port
+from tests.portal_support import session
 
 READY_WITHIN = 90  # seconds; generous for a loaded machine (the demo itself takes a few)
 
@@ -87,6 +89,16 @@ def test_the_summary_names_each_step(demo):
     assert "/portal/login" in text and "ZJEV-LISI-8F3K2Q7M" in text
     steps = [line.split(" ", 1)[0] for line in demo.out if not line.startswith((" ", "yrdhub"))]
     assert steps == ["Records:", "Lookup:", "Settlement:", "Reconciliation", "Transfer:", "Portal:"]
+
+
+def test_the_printed_sign_in_works_and_shows_who_read_her_records(demo):
+    [portal] = [line for line in demo.out if line.startswith("Portal: ")]
+    url, province, code = re.search(r"(http://\S+)/portal/login .* province (\w+), e-voucher code (\S+)",
+                                    portal).groups()
+    with session(url, (province, code, "")) as browser:
+        entries = browser.get("/api/me/access-log").json()["entries"]
+    seen = {(e["organisation"]["code"], e["outcome"]) for e in entries}
+    assert {("H31011800012", "allowed"), ("H32050900012", "refused")} <= seen
 
 
 def test_ctrl_c_stops_it_cleanly(demo):
