@@ -3,8 +3,11 @@
     yrdhub serve [--host 127.0.0.1] [--port 8000]
     yrdhub token create (--hospital CODE | --insurer SH | --admin)
     yrdhub db upgrade
-    yrdhub demo [--port 8000]      the hub on its embedded default, with the simulated
-                                   provincial platforms and the fixtures loaded
+    yrdhub demo [--port 8000] [--check]
+                                   the hub on its embedded default, with the simulated
+                                   provincial platforms, walked through records and settlement
+    yrdhub simulate [--host 127.0.0.1] [--base-port 9101]
+                                   the four provinces' simulated insurance platforms
 """
 
 from __future__ import annotations
@@ -92,12 +95,40 @@ def cmd_db_upgrade(_args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    """Start the simulated platforms, load the fixtures into a fresh SQLite file, print tokens,
-    and serve. Everything runs on loopback."""
-    from hub import demo
+def _demo_module(name: str):
+    """``yrdhub_demo.<name>``, or None after saying that the demo is not installed (the hub's
+    production image leaves it out)."""
+    import importlib
 
-    return demo.run(port=args.port, workdir=Path(args.workdir))
+    try:
+        return importlib.import_module(f"yrdhub_demo.{name}")
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "yrdhub_demo":
+            raise  # the demo is there but something it needs is not: the traceback says what
+        print("yrdhub: the demo and the simulated platforms are not installed here (package "
+              "yrdhub_demo missing; the hub's production image leaves them out). Install yrdhub "
+              "from its source: pip install .", file=sys.stderr)
+        return None
+
+
+def cmd_demo(args) -> int:
+    """Start the simulated platforms and the hub on a fresh SQLite file, show records and
+    settlement at work through the hub's HTTP endpoints, and serve. Everything runs on loopback."""
+    try:
+        demo = _demo_module("run")
+        if demo is None:
+            return 2
+        if args.check:
+            return demo.check()
+        return demo.run(port=args.port, workdir=Path(args.workdir))
+    except KeyboardInterrupt:  # Ctrl-C, at any moment: how a demo is meant to end, not an error
+        print("yrdhub demo stopped.", flush=True)
+        return 0
+
+
+def cmd_simulate(args) -> int:
+    simulate = _demo_module("simulate")
+    return 2 if simulate is None else simulate.main(args.simulator_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,15 +150,25 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
-    demo = sub.add_parser("demo", help="the hub with simulated platforms and fixtures")
+    demo = sub.add_parser("demo", help="the hub with simulated platforms and sample records")
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--workdir", default=os.environ.get("YRDHUB_DEMO_DIR", "demo-data"))
+    demo.add_argument("--check", action="store_true",
+                      help="only check that the demo's data is installed, then exit")
     demo.set_defaults(func=cmd_demo)
+    simulate = sub.add_parser("simulate", add_help=False,
+                              help="the simulated provincial platforms (--help for their options)")
+    simulate.set_defaults(func=cmd_simulate)  # its options are the simulator's own (main)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "simulate":
+        args.simulator_args = rest  # parsed by the simulator itself
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)
 
 
