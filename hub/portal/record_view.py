@@ -15,6 +15,7 @@ import binascii
 from dataclasses import dataclass, field
 
 from hub.access import DISPUTED_TAG
+from mappers.common import HOSPITAL_SYSTEM
 
 # v3-ObservationInterpretation -> what the flag means to a person (data)
 FLAGS = {"H": "偏高", "HH": "危急偏高", "L": "偏低", "LL": "危急偏低", "N": "正常", "A": "异常",
@@ -178,10 +179,21 @@ def _visit(encounter: dict, organisations: dict[str, str]) -> Visit:
                  is_disputed(encounter))
 
 
-def visits(resources: list[dict]) -> tuple[list[Visit], Visit]:
-    """(visits newest first, the items that name no visit) of one person's resources."""
-    organisations = {f"Organization/{r['id']}": r.get("name", "") for r in resources
-                     if r["resourceType"] == "Organization"}
+def _organisation_name(organisation: dict, hospital_names: dict[str, str]) -> str:
+    """Its own name, else the region's name for its hospital code (HL7 senders give no name)."""
+    if organisation.get("name"):
+        return organisation["name"]
+    codes = [i.get("value") for i in organisation.get("identifier") or []
+             if i.get("system") == HOSPITAL_SYSTEM]
+    return next((hospital_names[c] for c in codes if c in hospital_names), "")
+
+
+def visits(resources: list[dict], hospital_names: dict[str, str] | None = None
+           ) -> tuple[list[Visit], Visit]:
+    """(visits newest first, the items that name no visit) of one person's resources;
+    ``hospital_names`` (code -> name) names the hospitals that sent no name of their own."""
+    organisations = {f"Organization/{r['id']}": _organisation_name(r, hospital_names or {})
+                     for r in resources if r["resourceType"] == "Organization"}
     by_ref = {f"Encounter/{r['id']}": _visit(r, organisations) for r in resources
               if r["resourceType"] == "Encounter"}
     others = Visit(None)
@@ -196,14 +208,15 @@ def visits(resources: list[dict]) -> tuple[list[Visit], Visit]:
     return sorted(by_ref.values(), key=lambda v: v.date, reverse=True), others
 
 
-def find(resources: list[dict], ref: str) -> tuple[Visit | None, Item | None]:
+def find(resources: list[dict], ref: str, hospital_names: dict[str, str] | None = None
+         ) -> tuple[Visit | None, Item | None]:
     """The visit and item of ``ref`` (``Type/id``, a visit itself too) among ``resources``;
     Nones when absent or not a kind of record the pages show."""
-    all_visits, others = visits(resources)
+    all_visits, others = visits(resources, hospital_names)
     for visit in [*all_visits, others]:
         if visit.ref == ref:
             title = f"{visit.kind}就诊 · {visit.department}".strip(" ·")
-            return visit, Item(ref, title, visit.hospital, visit.date, visit.disputed)
+            return visit, Item(ref, title, "", visit.date, visit.disputed)
         for items in visit.sections.values():
             for item in items:
                 if item.ref == ref:

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from hub import access, corrections, store
 from hub.auth import Party
 from hub.errors import FHIR_JSON, HubError, NotFound
+from hub.fhir_api import hospital_names
 from hub.portal import api, record_view, sessions
 from hub.portal.accesslog import TYPES
 from hub.portal.pages import SECURITY_HEADERS, page, signed_in_form, to_login
@@ -118,7 +119,7 @@ def records_page(request: Request) -> Response:
     if session is None:
         return to_login()
     resources = [orjson.loads(b) for b in read_records(request, session)]
-    visits, others = record_view.visits(resources)
+    visits, others = record_view.visits(resources, hospital_names())
     return page(request, session, "records.html", visits=visits, others=others,
                 asked=_by_resource(request, session), **LABELS)
 
@@ -127,7 +128,7 @@ def record_page(request: Request, session: PatientSession, ref: str, status: int
                 message: str | None = None, chosen: dict | None = None) -> Response:
     """One record with its visit, its corrections and the form to ask for one."""
     resources = [orjson.loads(b) for b in read_records(request, session)]
-    visit, item = record_view.find(resources, ref)
+    visit, item = record_view.find(resources, ref, hospital_names())
     if item is None:
         return page(request, session, "message.html", 404, title="未找到",
                     message="您的健康档案中没有这条记录（可能已被医院更新或撤回）。")

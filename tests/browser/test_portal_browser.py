@@ -121,7 +121,7 @@ def test_a_compensated_transfer_shows_the_origin_restored(portal, page):
 
 def test_access_log_after_a_hospital_read(portal, page):
     from hub.auth import create_token
-    from tests.hub.test_access import SH_H, sh_visit
+    from tests.support.visits import SH_H, sh_visit
 
     hub, _ = portal
     token = create_token(hub.app.state.engine, "hospital", SH_H)
