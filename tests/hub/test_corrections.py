@@ -400,6 +400,32 @@ def test_every_answer_holding_the_resource_is_tagged_while_open(world):
         assert not any(tagged(r) for r in my_records(lisi))
 
 
+def test_one_look_up_of_corrections_per_answer_whatever_its_size(world, engine):
+    from sqlalchemy import event
+
+    with session(world.url, LISI) as lisi:
+        resources = my_records(lisi)
+        for res_type, text in (("Observation", "葡萄糖"), ("Condition", "J06.900"), ("AllergyIntolerance", "青霉素")):
+            assert ask(lisi, ref(find(resources, res_type, text)), "wrong", "不对").status_code == 201
+    pid = find(resources, "Patient", "")["id"]
+    statements: list[str] = []
+
+    def note(conn, cursor, statement, *args):
+        if "FROM correction" in statement:
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        with world.party(SH_H) as sh:
+            everything = entries(sh.get(f"/fhir/Patient/{pid}/$everything").json())
+            assert len(statements) == 1 and len(everything) > 10
+            assert len([r for r in everything if tagged(r)]) == 3
+            sh.get("/fhir/Observation", params={"patient": pid})
+            assert len(statements) == 2
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+
+
 def test_the_tag_goes_when_withdrawn(world):
     with session(world.url, LISI) as lisi:
         condition = find(my_records(lisi), "Condition", "J06.900")
