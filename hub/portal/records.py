@@ -22,7 +22,7 @@ from hub.errors import FHIR_JSON, HubError, NotFound
 from hub.fhir_api import hospital_names
 from hub.portal import api, record_view, sessions
 from hub.portal.accesslog import TYPES
-from hub.portal.pages import SECURITY_HEADERS, page, signed_in_form, to_login
+from hub.portal.pages import SECURITY_HEADERS, ending_form, for_patient, page, signed_in_form
 from hub.portal.sessions import PatientSession
 
 router = APIRouter()
@@ -115,9 +115,10 @@ def _by_resource(request: Request, session: PatientSession) -> dict[str, list[di
 
 @router.get("/portal/records")
 def records_page(request: Request) -> Response:
-    session = sessions.current(request)
-    if session is None:
-        return to_login()
+    return for_patient(request, lambda session: _records_page(request, session))
+
+
+def _records_page(request: Request, session: PatientSession) -> Response:
     resources = [orjson.loads(b) for b in read_records(request, session)]
     visits, others = record_view.visits(resources, hospital_names())
     return page(request, session, "records.html", visits=visits, others=others,
@@ -140,10 +141,7 @@ def record_page(request: Request, session: PatientSession, ref: str, status: int
 
 @router.get("/portal/records/{res_type}/{res_id}")
 def one_record(request: Request, res_type: str, res_id: str) -> Response:
-    session = sessions.current(request)
-    if session is None:
-        return to_login()
-    return record_page(request, session, f"{res_type}/{res_id}")
+    return for_patient(request, lambda session: record_page(request, session, f"{res_type}/{res_id}"))
 
 
 @router.post("/portal/corrections")
@@ -163,18 +161,17 @@ async def post_correction_form(request: Request) -> Response:
 
 @router.get("/portal/corrections")
 def corrections_page(request: Request) -> Response:
-    session = sessions.current(request)
-    if session is None:
-        return to_login()
-    return page(request, session, "corrections.html",
-                corrections=_service(request).mine(session.patient_id), **LABELS)
+    return for_patient(request, lambda session: page(
+        request, session, "corrections.html", corrections=_service(request).mine(session.patient_id),
+        **LABELS))
 
 
 @router.get("/portal/corrections/{correction_id}")
 def correction_page(request: Request, correction_id: str) -> Response:
-    session = sessions.current(request)
-    if session is None:
-        return to_login()
+    return for_patient(request, lambda session: _correction_page(request, session, correction_id))
+
+
+def _correction_page(request: Request, session: PatientSession, correction_id: str) -> Response:
     try:
         correction = _service(request).get_mine(session.patient_id, correction_id)
     except HubError as exc:
@@ -185,17 +182,7 @@ def correction_page(request: Request, correction_id: str) -> Response:
 
 @router.post("/portal/corrections/{correction_id}/withdraw")
 async def post_withdraw_form(request: Request, correction_id: str) -> Response:
-    signed = await signed_in_form(request)
-    if isinstance(signed, Response):
-        return signed
-    session, _form = signed
-    try:
-        await run_in_threadpool(_service(request).withdraw, session.patient_id, correction_id)
-    except HubError as exc:
-        if exc.status == 404:
-            return page(request, session, "message.html", 404, title="未找到", message=exc.message)
-        notice = "too_late"
-    else:
-        notice = "withdrawn"
-    return RedirectResponse(f"/portal/corrections/{correction_id}?notice={notice}", 303,
-                            headers=SECURITY_HEADERS)
+    def withdraw(session: PatientSession):
+        return run_in_threadpool(_service(request).withdraw, session.patient_id, correction_id)
+
+    return await ending_form(request, withdraw, f"/portal/corrections/{correction_id}", "withdrawn")

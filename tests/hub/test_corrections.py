@@ -19,28 +19,13 @@ from sqlalchemy import update
 from hub.corrections import Corrections
 from hub.models import Correction
 from mappers.common import CST
-from settlement.simulator import start_simulators
 from settlement.transfer import WorkCalendar, add_working_days, load_calendar
-from tests.portal_support import CHEN, LISI, session, start_hub
+from tests.portal_support import CHEN, LISI, session
 from tests.support.visits import OTHER, SH_H, ZJ_H, sh_visit, zj_visit
 
 DISPUTED = {"system": "urn:yrdhub:tag", "code": "disputed"}
 SHAPE = {"id", "status", "resource", "hospital", "kind", "text", "created", "deadline", "overdue",
          "answer"}
-
-
-@pytest.fixture(scope="module")
-def sims():
-    s = start_simulators()
-    yield s
-    s.stop()
-
-
-@pytest.fixture()
-def portal(database_url, db, sims):
-    hub = start_hub(database_url, sims)
-    yield hub
-    hub.stop()
 
 
 class World:

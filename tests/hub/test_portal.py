@@ -14,23 +14,8 @@ from sqlalchemy import select, update
 from hub.portal.models import PortalSession
 from hub.portal.sessions import hash_id
 from mappers.common import RESIDENT_ID_SYSTEM
-from settlement.simulator import start_simulators
 from tests.support.visits import SH_H, ZJ_H, sh_visit, zj_visit
 from tests.portal_support import CHEN, LISI, login_form, session, start_hub
-
-
-@pytest.fixture(scope="module")
-def sims():
-    s = start_simulators()
-    yield s
-    s.stop()
-
-
-@pytest.fixture()
-def portal(database_url, db, sims):
-    hub = start_hub(database_url, sims, session_hours=2)
-    yield hub
-    hub.stop()
 
 
 def fresh(url: str) -> httpx.Client:
