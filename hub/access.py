@@ -17,6 +17,11 @@ The rules (world/README.md, "What may be shared, and with whom"):
   resources are removed from what is shown.
 - **Masking.** Hospitals see identity details masked (``hub.masking``); admins in full.
 - **Audit.** Every read of a patient's data, allowed or refused, is recorded (``hub.audit``).
+- **The person themselves** (a ``patient`` party, from the portal) sees all of their own records,
+  nothing withheld, identity masked as for a hospital; the read is recorded with purpose
+  ``patient``. Nobody else's.
+- **Disputed.** While a correction of a resource is open (``hub.corrections``), every answer
+  holding it carries ``meta.tag`` ``disputed``: one indexed look-up per answer, by its patients.
 """
 
 from __future__ import annotations
@@ -31,18 +36,22 @@ from sqlalchemy.engine import Connection
 from hub import audit, masking, queries
 from hub.auth import Party
 from hub.errors import Forbidden, NotFound
-from hub.models import Resource, Sharing
+from hub.models import Correction, Resource, Sharing
 from hub.search import utc_text
 from hub.sensitivity import CATEGORIES
 from hub.sharing import SharingChoices
 from mappers.common import SHARED_TYPES, province_of
 
 R = Resource.__table__
+C = Correction.__table__
 TREATING_WINDOW = timedelta(hours=30 * 24)
 EMERGENCY_HEADER = "x-emergency-reason"
 SUPPRESSED = {"resourceType": "OperationOutcome", "issue": [{
     "severity": "information", "code": "suppressed",
     "diagnostics": "Some information was withheld under the patient's sharing choices."}]}
+DISPUTED_TAG = {"system": "urn:yrdhub:tag", "code": "disputed"}
+# the purpose a read is recorded with, by party kind (a hospital's: treatment or emergency)
+PURPOSES = {"admin": "administration", "patient": "patient"}
 
 
 @dataclass(frozen=True)
@@ -54,8 +63,8 @@ class Caller:
 
     @property
     def purpose(self) -> str:
-        if self.party.kind == "admin":
-            return "administration"
+        if self.party.kind in PURPOSES:
+            return PURPOSES[self.party.kind]
         return "emergency" if self.emergency_reason else "treatment"
 
 
@@ -161,6 +170,9 @@ def decide(conn: Connection, caller: Caller, patient_id: str | None,
     party, now = caller.party, now or datetime.now(timezone.utc)
     if party.kind == "admin":
         return Decision(True, masked=False)
+    if party.kind == "patient":  # the person themselves: everything of their own, masked
+        own = patient_id is not None and patient_id == party.code
+        return Decision(own, "" if own else "a patient reads only their own records")
     if party.kind != "hospital" or not party.code:
         return Decision(False, f"a {party.kind} may not read clinical records")
     province = province_of(party.code)
@@ -189,6 +201,8 @@ class Answer:
     caller: Caller
     hidden_ids: frozenset = frozenset()
     masked: bool = True
+    # ``Type/id`` of the shown resources under an open correction (tagged ``disputed``)
+    disputed: frozenset = frozenset()
 
     def render(self, row, content: bytes) -> bytes:
         return present(self, row, content)
@@ -196,7 +210,9 @@ class Answer:
 
 def _audit(engine, caller: Caller, patient_ids, what: str, outcome: str,
            detail: str | None = None) -> None:
-    events = [audit.ReadEvent(caller.party.kind, caller.party.code, pid, caller.purpose,
+    # a patient reading their own: ``patient_id`` already says who
+    code = None if caller.party.kind == "patient" else caller.party.code
+    events = [audit.ReadEvent(caller.party.kind, code, pid, caller.purpose,
                               outcome, what, caller.emergency_reason, detail)
               for pid in (patient_ids or [None])]
     audit.record(engine, events)
@@ -236,7 +252,7 @@ def read(conn: Connection, engine, caller: Caller, res_type: str, res_id: str) -
     if visible is None:
         raise NotFound(f"{res_type}/{res_id} is not known")
     return Answer([visible], 1, False, caller, _hidden(conn, row.patient_id, decision.extra),
-                  decision.masked)
+                  decision.masked, _disputed(conn, [visible]))
 
 
 def search(conn: Connection, engine, caller: Caller, res_type: str,
@@ -258,7 +274,8 @@ def search(conn: Connection, engine, caller: Caller, res_type: str,
     patients = sorted({r.patient_id for r in page.rows if r.patient_id} | ({pinned} - {None}))
     _audit(engine, caller, patients, what, "allowed")
     hidden = _hidden(conn, pinned, decision.extra) if pinned else frozenset()
-    return Answer(page.rows, page.total, withheld, caller, hidden, decision.masked)
+    return Answer(page.rows, page.total, withheld, caller, hidden, decision.masked,
+                  _disputed(conn, page.rows))
 
 
 def _pinned_patient(conn: Connection, res_type: str, params) -> str | None:
@@ -288,7 +305,19 @@ def everything(conn: Connection, engine, caller: Caller, patient_id: str) -> Ans
         raise NotFound(f"Patient/{patient_id} is not known")
     shown, hidden = _partition(decision, rows)
     _audit(engine, caller, [patient_id], what, "allowed")
-    return Answer(shown, len(shown), bool(hidden), caller, hidden, decision.masked)
+    return Answer(shown, len(shown), bool(hidden), caller, hidden, decision.masked,
+                  _disputed(conn, shown))
+
+
+def _disputed(conn: Connection, rows: list) -> frozenset:
+    """``Type/id`` of those of ``rows`` under an open correction: one query on the index of
+    (patient, status), whatever the number of rows (open corrections are few per person)."""
+    patients = sorted({r.patient_id for r in rows if r.patient_id})
+    if not patients:
+        return frozenset()
+    found = conn.execute(select(C.c.res_type, C.c.res_id).where(
+        C.c.patient_id.in_(patients), C.c.status == "open")).all()
+    return frozenset(f"{t}/{i}" for t, i in found)
 
 
 def _partition(decision: Decision, rows: list) -> tuple[list, frozenset]:
@@ -337,13 +366,16 @@ def _target(item: dict) -> str | None:
 
 
 def present(answer: Answer, row, content: bytes) -> bytes:
-    """The bytes of one resource as this caller may see them."""
+    """The bytes of one resource as this caller may see them (``content`` with its ``meta``)."""
     masked = answer.masked and row.res_type == "Patient"
     cut = answer.hidden_ids and any(h.split("/")[1].encode() in content
                                     for h in answer.hidden_ids)
-    if not (masked or cut):
+    disputed = answer.disputed and f"{row.res_type}/{row.res_id}" in answer.disputed
+    if not (masked or cut or disputed):
         return content
     resource = orjson.loads(content)
+    if disputed:
+        resource.setdefault("meta", {}).setdefault("tag", []).append(DISPUTED_TAG)
     if cut:
         resource = _cut_hidden(resource, answer.hidden_ids)
     if masked:
@@ -352,4 +384,4 @@ def present(answer: Answer, row, content: bytes) -> bytes:
 
 
 __all__ = ["Caller", "Answer", "decide", "read", "search", "everything", "present",
-           "EMERGENCY_HEADER"]
+           "EMERGENCY_HEADER", "DISPUTED_TAG"]

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
-from hub import admin, audit, auth, errors, fhir_api, hl7_ingest, ingest, metrics, portal
+from hub import admin, audit, auth, corrections, errors, fhir_api, hl7_ingest, ingest, metrics, portal
 from settlement import api as settlement_api
 from settlement.platform import PlatformClient
 from settlement.transfer import start_transfers
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(settlement_api.router)
     app.include_router(admin.router)
+    app.include_router(corrections.router)
     app.include_router(portal.router)
     app.state.starters = [ingest.start_map_pool, start_platform, hl7_ingest.start_mllp,
                           settlement_api.start, start_transfers, start_loop_watch, warm_up]

@@ -27,7 +27,8 @@ from hub.models import AuditRecord
 from mappers.common import HOSPITAL_SYSTEM, make_id
 
 # purpose -> v3-ActReason code (BALP purposeOfEvent)
-PURPOSE_CODES = {"treatment": "TREAT", "emergency": "ETREAT", "administration": "HOPERAT"}
+PURPOSE_CODES = {"treatment": "TREAT", "emergency": "ETREAT", "administration": "HOPERAT",
+                 "patient": "PATRQT"}
 # outcome -> AuditEvent.outcome (0 success, 4 minor failure: the request was refused)
 OUTCOME_CODES = {"allowed": "0", "refused": "4"}
 # interaction -> restful-interaction code
@@ -135,6 +136,8 @@ def as_fhir(row, hospital_names: dict[str, str]) -> dict:
     agent_who = ({"identifier": {"system": HOSPITAL_SYSTEM, "value": row.party_code},
                   "display": hospital_names.get(row.party_code, row.party_code)}
                  if row.party_kind == "hospital" else {"display": row.party_kind})
+    if row.party_kind == "patient":  # the person reading their own records
+        agent_who["reference"] = f"Patient/{row.patient_id}"
     purpose = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
                            "code": PURPOSE_CODES.get(row.purpose, "TREAT")}]}
     if row.reason:

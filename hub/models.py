@@ -13,13 +13,15 @@
 - ``api_token``: bearer tokens, only their SHA-256 stored.
 - ``rate_limit``: the state of the ``limits`` library's rate limits (``hub/ratelimit.py``), here so
   that every hub process on the database shares it.
+- ``correction``: a patient's request that the sending hospital correct one resource (数据异议),
+  with its answer and the resource's versions before and after.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import Column, Index, LargeBinary, Text
+from sqlalchemy import Column, Index, LargeBinary, Text, text
 from sqlmodel import Field, SQLModel
 
 
@@ -187,3 +189,38 @@ class RateLimit(SQLModel, table=True):
     count: int = 0
     expires: float = Field(default=0.0, index=True)
     moments: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+
+class Correction(SQLModel, table=True):
+    """A patient's request that the hospital that sent a resource correct it (数据异议).
+
+    Kept whole: who asked (``patient_id``), when, about what (``res_type``/``res_id`` at
+    ``version_before``), the answer (``decision``, ``reason``, ``answered``) and the version
+    the resource had when it was answered (``version_after``). Rows are never deleted.
+    At most one open correction per resource (a partial unique index, so a race of two
+    requests cannot open two).
+    """
+
+    __tablename__ = "correction"
+    __table_args__ = (
+        Index("ux_correction_open_resource", "res_type", "res_id", unique=True,
+              sqlite_where=text("status = 'open'"), postgresql_where=text("status = 'open'")),
+        # the disputed tag: one look-up per answer, by the answer's patients
+        Index("ix_correction_patient_status", "patient_id", "status"),
+        Index("ix_correction_hospital_status", "hospital", "status", "created"),
+    )
+    id: str = Field(primary_key=True, max_length=40)
+    patient_id: str = Field(max_length=64)
+    res_type: str = Field(max_length=40)
+    res_id: str = Field(max_length=64)
+    hospital: str = Field(max_length=20)  # the hospital that sent the resource
+    kind: str = Field(max_length=20)  # not_mine | wrong | incomplete | other
+    text: str = Field(max_length=500)
+    status: str = Field(max_length=10)  # open | corrected | rejected | withdrawn
+    created: datetime
+    deadline: date  # 10 working days after ``created`` (the transfer calendar)
+    version_before: int
+    version_after: int | None = None
+    decision: str | None = Field(default=None, max_length=10)  # corrected | rejected
+    reason: str | None = Field(default=None, max_length=500)
+    answered: datetime | None = None
+    withdrawn: datetime | None = None

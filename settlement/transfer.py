@@ -224,14 +224,14 @@ def _dumps(value: Any) -> str:
     return scrub(orjson.dumps(value).decode())
 
 
-def _iso(when: datetime | None) -> str | None:
+def local_iso(when: datetime | None) -> str | None:
     """A stored time (naive ones are UTC, as SQLite returns them) as ISO 8601 in +08:00."""
     if when is None:
         return None
     return (when if when.tzinfo else when.replace(tzinfo=_UTC)).astimezone(CST).isoformat()
 
 
-def _local_day(when: datetime) -> date:
+def local_day(when: datetime) -> date:
     return (when if when.tzinfo else when.replace(tzinfo=_UTC)).astimezone(CST).date()
 
 
@@ -272,17 +272,17 @@ class TransferService:
         today = self.today()
         refusal = {"code": row.refusal_code, "message": row.refusal_message} if row.refusal_code else None
         return {"id": row.id, "status": row.status, "from_admdvs": row.from_admdvs, "to_admdvs": row.to_admdvs,
-                "insutype": row.insutype, "created": _iso(row.created),
+                "insutype": row.insutype, "created": local_iso(row.created),
                 "refusal": refusal if row.status == "refused" else None,
                 "cancel_requested": bool(row.cancel_requested),
                 "steps": [self._step_view(s, today) for s in steps]}
 
     @staticmethod
     def _step_view(step: Any, today: date) -> dict[str, Any]:
-        done_on = _local_day(step.done_at) if step.done_at else None
+        done_on = local_day(step.done_at) if step.done_at else None
         overdue = step.status in ("pending", "done") and is_overdue(step.deadline, today, done_on)
         return {"infno": step.infno, "status": step.status, "deadline": step.deadline.isoformat(),
-                "overdue": overdue, "done_at": _iso(step.done_at),
+                "overdue": overdue, "done_at": local_iso(step.done_at),
                 "outcome": json.loads(step.outcome) if step.outcome else {}, "attempts": step.attempts}
 
     def get(self, patient_id: str, transfer_id: str) -> dict[str, Any]:

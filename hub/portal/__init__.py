@@ -1,5 +1,6 @@
 """The patient portal: pages under ``/portal`` (``pages``), JSON under ``/api/me`` (``api``),
-sign-in and sessions (``sessions``), the patient's access log (``accesslog``), small static files
+sign-in and sessions (``sessions``), the patient's access log (``accesslog``), their own records
+and corrections (``records``, shown by ``record_view``), small static files
 under ``/portal/static``. The transfer saga itself is ``settlement.transfer``; its lifespan starter
 is ``settlement.transfer.start_transfers``.
 """
@@ -10,7 +11,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from starlette.responses import FileResponse, Response
 
-from hub.portal import api, pages
+from hub.portal import api, pages, records
 
 STATIC = Path(__file__).parent / "static"
 _STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(css|js)$")
@@ -18,6 +19,7 @@ _STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(css|js)$")
 router = APIRouter()
 router.include_router(pages.router)
 router.include_router(api.router)
+router.include_router(records.router)
 
 
 @router.get("/portal/static/{name}")

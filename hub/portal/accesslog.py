@@ -4,7 +4,8 @@ Clinical reads go through ``hub.access``; this reads only ``audit_event`` rows o
 patient, which are the patient's to see. Hospital names come from the reference data (an unknown
 code shows the code). Reads by the region's administrators are shown too (purpose
 ``administration``, organisation ``YRDHUB``): the patient sees every read of their data, and a platform's refused attempt
-under its province's platform name.
+under its province's platform name. The person's own reads through the portal (their records,
+purpose ``patient``) are shown as theirs (organisation ``SELF``, "本人").
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from mappers.common import CST
 from settlement.reference import default_reference
 
 HUB_ORGANISATION = {"code": "YRDHUB", "name": "长三角医疗数据枢纽（管理员）"}
-PURPOSE_LABELS = {"treatment": "诊疗", "emergency": "急诊紧急查阅", "administration": "管理"}
+SELF_ORGANISATION = {"code": "SELF", "name": "本人（患者服务门户）"}
+PURPOSE_LABELS = {"treatment": "诊疗", "emergency": "急诊紧急查阅", "administration": "管理",
+                  "patient": "本人查阅"}
 OUTCOME_LABELS = {"allowed": "已允许", "refused": "已拒绝"}
 
 
@@ -48,9 +51,12 @@ INSURER_NAMES = {"SH": "上海市医保信息平台", "JS": "江苏省医保信�
 
 def organisation(kind: str, code: str | None) -> dict[str, str | None]:
     """``{"code", "name"}`` of the party that read: a hospital by its reference name, a
-    province's platform by its name, an administrator as the hub."""
+    province's platform by its name, the person themselves as ``SELF``, an administrator as
+    the hub."""
     if kind == "insurer":
         return {"code": code, "name": INSURER_NAMES.get(code or "", code)}
+    if kind == "patient":
+        return dict(SELF_ORGANISATION)
     if kind != "hospital":
         return dict(HUB_ORGANISATION)
     hospital = default_reference().hospital(code or "")

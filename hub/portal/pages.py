@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.templating import Jinja2Templates
@@ -81,6 +81,12 @@ async def form_with_csrf(request: Request, session: PatientSession) -> dict[str,
 def csrf_refused(request: Request, session: PatientSession) -> Response:
     return page(request, session, "message.html", 403, title="页面已过期",
                 message="为保护您的安全，本次提交未被接受（页面已过期或来源不明）。请返回后重新操作。")
+
+
+def for_patient(request: Request, build: Callable[[PatientSession], Response]) -> Response:
+    """``build(session)`` for a signed-in patient; the sign-in page otherwise."""
+    session = sessions.current(request)
+    return to_login() if session is None else build(session)
 
 
 async def signed_in_form(request: Request) -> tuple[PatientSession, dict[str, Any]] | Response:
@@ -239,16 +245,26 @@ def transfer_page(request: Request, transfer_id: str) -> Response:
     return page(request, session, "transfer.html", transfer=transfer, notice=request.query_params.get("notice"))
 
 
-@router.post("/transfers/{transfer_id}/cancel")
-async def post_cancel(request: Request, transfer_id: str) -> Response:
+async def ending_form(request: Request, end: Callable[[PatientSession], Awaitable[Any]], back: str,
+                      notice: str) -> Response:
+    """A form that ends something of the patient's (cancel, withdraw): ``await end(session)``,
+    then back to ``back`` with ``?notice=<notice>``, or ``?notice=too_late`` when it can no
+    longer be ended; a 404 page when it is not theirs (no session, a bad CSRF: as
+    ``signed_in_form``)."""
     signed = await signed_in_form(request)
     if isinstance(signed, Response):
         return signed
     session, _form = signed
     try:
-        await api.cancel_transfer(request, session, transfer_id)
+        await end(session)
     except HubError as exc:
         if exc.status == 404:
             return page(request, session, "message.html", 404, title="未找到", message=exc.message)
-        return RedirectResponse(f"/portal/transfers/{transfer_id}?notice=too_late", 303, headers=SECURITY_HEADERS)
-    return RedirectResponse(f"/portal/transfers/{transfer_id}?notice=cancel", 303, headers=SECURITY_HEADERS)
+        notice = "too_late"
+    return RedirectResponse(f"{back}?notice={notice}", 303, headers=SECURITY_HEADERS)
+
+
+@router.post("/transfers/{transfer_id}/cancel")
+async def post_cancel(request: Request, transfer_id: str) -> Response:
+    return await ending_form(request, lambda session: api.cancel_transfer(request, session, transfer_id),
+                             f"/portal/transfers/{transfer_id}", "cancel")

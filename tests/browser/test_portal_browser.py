@@ -4,67 +4,26 @@ viewport, against a hub wired to the simulated platforms. Screenshots of the mai
 
 from __future__ import annotations
 
-import shutil
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import httpx
 import pytest
 
 from mappers.common import RESIDENT_ID_SYSTEM
-from settlement.simulator import start_simulators
-from tests.portal_support import LISI, QIANFANG_ZJ, SUNQIANG, start_hub
+from tests.portal_support import LISI, QIANFANG_ZJ, SUNQIANG
+from tests.support import browser as support
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-PHONE = {"width": 390, "height": 844}
-FULL_IDS = [p[2] for p in (LISI, QIANFANG_ZJ, SUNQIANG)]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture()
-def portal(database_url, db):
-    sims = start_simulators()
-    hub = start_hub(database_url, sims)
-    yield hub, sims
-    hub.stop()
-    sims.stop()
-
-
-@pytest.fixture()
-def page(browser):
-    context = browser.new_context(viewport=PHONE, locale="zh-CN", device_scale_factor=1)
-    context.set_default_timeout(20000)
-    yield context.new_page()
-    context.close()
+pytest.importorskip("playwright.sync_api")
+pytestmark = support.needs_chromium
+FULL_IDS = tuple(p[2] for p in (LISI, QIANFANG_ZJ, SUNQIANG))
 
 
 def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    text = page.content()
-    assert not any(rid in text for rid in FULL_IDS), f"full resident ID on {name}"
+    support.shot(page, name, FULL_IDS)
 
 
 def sign_in(page, url: str, person, screenshot: str | None = None) -> None:
-    page.goto(f"{url}/portal/login")
-    page.get_by_label("参保省份").select_option(person[0])
-    page.get_by_label("电子凭证码").fill(person[1])
-    if screenshot:
-        shot(page, screenshot)
-    page.get_by_label("电子凭证码").press("Enter")  # by keyboard
-    page.wait_for_url(f"{url}/portal")
+    support.sign_in(page, url, person, (lambda p: shot(p, screenshot)) if screenshot else None)
 
 
 def apply(page, url: str, place: str, insutype: str = "310") -> None:
@@ -121,7 +80,7 @@ def test_a_compensated_transfer_shows_the_origin_restored(portal, page):
 
 def test_access_log_after_a_hospital_read(portal, page):
     from hub.auth import create_token
-    from tests.hub.test_access import SH_H, sh_visit
+    from tests.support.visits import SH_H, sh_visit
 
     hub, _ = portal
     token = create_token(hub.app.state.engine, "hospital", SH_H)

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from hub.portal.models import PortalSession
 from hub.portal.sessions import hash_id
 from mappers.common import RESIDENT_ID_SYSTEM
-from tests.hub.test_access import SH_H, ZJ_H, sh_visit, zj_visit
+from tests.support.visits import SH_H, ZJ_H, sh_visit, zj_visit
 from tests.portal_support import CHEN, LISI, login_form, session, start_hub
 
 
