@@ -14,48 +14,18 @@ import pytest
 from hub import access, search
 from hub.auth import Party
 from hub.sharing import SharingChoices, set_choices
-from mappers.common import CST, RESIDENT_ID_SYSTEM
-from tests.conftest import FIXTURES
+from mappers.common import RESIDENT_ID_SYSTEM
+from tests.support.fhir import (OTHER, RID, SH_H, ZJ_H, close_world, make_world, sh_visit,
+                                zj_visit)
 
-RID = "33042119850412002X"
-ZJ_H, SH_H, OTHER = "H33042100015", "H31010400007", "H31011800012"
 FULL_VALUES = (RID, "13857300000", "13812345678", "罗星街道", "漕溪北路")
-
-
-def zj_visit(when: datetime, code: str = "F32.900", name: str = "抑郁发作") -> bytes:
-    doc = json.loads((FIXTURES / "zj" / "upload_basic.json").read_bytes())
-    visit = doc["jzjl"][0]
-    visit["jzsj"] = when.astimezone(CST).strftime("%Y-%m-%d %H:%M:%S")
-    visit["zdxx"].append({"zdlx": "2", "zddm": code, "zdmc": name,
-                          "zdsj": when.astimezone(CST).strftime("%Y-%m-%d %H:%M")})
-    return json.dumps(doc, ensure_ascii=False).encode()
-
-
-def sh_visit(hospital: str, when: datetime, visit_no: str = "ZY2099") -> bytes:
-    stamp = when.astimezone(CST).strftime("%Y%m%d%H%M%S")
-    return "\r".join([
-        f"MSH|^~\\&|HIS|{hospital}|YRDHUB|YRD|{stamp}||ADT^A04^ADT_A01|C{visit_no}|P|2.5|||AL|NE||UNICODE UTF-8",
-        f"EVN|A04|{stamp}",
-        f"PID|1||{RID}^^^&2.16.156.10011.1.3&ISO^NNCHN||李^四||19850412|F|||徐汇区漕溪北路100号^^上海市^^200030^CHN||^PRN^PH^^^^13812345678",
-        f"PV1|1|O|0301^^^{hospital}^^^^^呼吸内科||||D1^王^医生||||||||||||{visit_no}|||||||||||||||||||||||||{stamp}",
-        "DG1|1||J20.900^急性支气管炎^ICD10CN||" + stamp[:8] + "|F", ""]).encode()
 
 
 @pytest.fixture()
 def world(hub):
-    now = datetime.now(timezone.utc)
-    with hub.client(hub.token("hospital", ZJ_H)) as c:
-        assert c.post("/ingest/zj", content=zj_visit(now - timedelta(days=2))).json()["stored"] == 1
-    with hub.client(hub.token("hospital", SH_H)) as c:
-        ack = c.post("/ingest/sh", content=sh_visit(SH_H, now - timedelta(hours=3)))
-        assert b"MSA|AA" in ack.content
-    admin = hub.client(hub.token("admin"))
-    pid = admin.get("/fhir/Patient", params={"identifier": f"{RESIDENT_ID_SYSTEM}|{RID}"}).json()["entry"][0]["resource"]["id"]
-    clients = {h: hub.client(hub.token("hospital", h)) for h in (ZJ_H, SH_H, OTHER)}
-    yield {"pid": pid, "admin": admin, **clients}
-    admin.close()
-    for c in clients.values():
-        c.close()
+    world = make_world(hub)
+    yield world
+    close_world(world)
 
 
 def ids_of(client, pid):

@@ -1,0 +1,1 @@
+"""Helpers shared by tests (imported, never a test module)."""
