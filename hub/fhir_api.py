@@ -1,6 +1,8 @@
-"""``/fhir``: the hospitals' FHIR R4 lookups. Thin: parse, ask ``hub.access``, answer.
+"""``/fhir``: the hospitals' FHIR R4 lookups. Thin: read the parameters (``hub.fhir_results``),
+ask ``hub.access``, answer.
 
-Bundles are assembled from the stored bytes (no parse and dump per resource).
+Bundles are assembled from the stored bytes (no parse and dump per resource, unless ``_summary``
+or ``_elements`` asks for a subset, or ``hub.access`` must mask or cut).
 """
 
 from __future__ import annotations
