@@ -37,7 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ingest.shutdown_pool(app)
         audit.flush(app.state.engine)
 
-    app = FastAPI(title="yrdhub", version="0.1.0", lifespan=lifespan)
+    # /openapi.json is served; the docs pages are not (FastAPI's load their scripts from a CDN)
+    app = FastAPI(title="yrdhub", version="0.1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None)
     app.state.settings = settings
     app.state.engine = engine
     errors.install(app)
