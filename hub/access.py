@@ -33,9 +33,9 @@ import orjson
 from sqlalchemy import and_, bindparam, exists, false, literal, not_, or_, select
 from sqlalchemy.engine import Connection
 
-from hub import audit, masking, queries
+from hub import audit, masking, queries, sensitivity
 from hub.auth import Party
-from hub.errors import Forbidden, NotFound
+from hub.errors import Forbidden, Gone, NotFound
 from hub.models import Correction, Resource, Sharing
 from hub.search import utc_text
 from hub.sensitivity import CATEGORIES
@@ -196,11 +196,12 @@ class Answer:
     something was withheld."""
 
     rows: list
-    total: int
+    total: int | None  # None: not counted (``_total=none``)
     withheld: bool
     caller: Caller
     hidden_ids: frozenset = frozenset()
     masked: bool = True
+    more: bool = False  # another page follows
     # ``Type/id`` of the shown resources under an open correction (tagged ``disputed``)
     disputed: frozenset = frozenset()
 
@@ -232,49 +233,121 @@ def _hidden(conn: Connection, patient_id: str, extra: list) -> frozenset:
     return frozenset(f"{t}/{i}" for t, i in rows)
 
 
+WITHHELD = "withheld under the patient's sharing choices"
+
+
 def read(conn: Connection, engine, caller: Caller, res_type: str, res_id: str) -> Answer:
-    """One resource by id: 403 when its patient is not readable, 404 when absent or withheld."""
+    """One resource by id: 403 when its patient is not readable, 404 when absent or withheld,
+    410 when retired (after the same checks: a retired record's existence is the patient's too)."""
     what = f"read {res_type}/{res_id}"
+    row = queries.read_one(conn, res_type, res_id)
+    if row is None:
+        _reader_only(engine, caller, what)
+        raise NotFound(f"{res_type}/{res_id} is not known")
+    decision = _gate(conn, engine, caller, row, what)
+    _audit_one(engine, caller, row, what)
+    _not_retired(row)
+    return Answer([row], 1, False, caller, _hidden_of(conn, row, decision), decision.masked,
+                  disputed=_disputed(conn, [row]))
+
+
+def history(conn: Connection, engine, caller: Caller, res_type: str, res_id: str,
+            version: int | None = None) -> Answer:
+    """The kept versions of one resource, newest first, or only ``version`` (vread), under the
+    rules of ``read``: 403 when its patient is not readable, 404 when it is unknown or its
+    current version is withheld (what it became is not to be guessed from what it was). An
+    earlier version is judged by its own content: one the patient's choices hold back is left
+    out (the answer says *that* something was withheld), and a vread of it is 404. A retired
+    version is listed with ``deleted`` set; a vread of it is 410."""
+    what = (f"vread {res_type}/{res_id}/_history/{version}" if version is not None
+            else f"history {res_type}/{res_id}")
+    rows = queries.versions(conn, res_type, res_id)
+    if not rows:
+        _reader_only(engine, caller, what)
+        raise NotFound(f"{res_type}/{res_id} is not known")
+    current = rows[0]
+    decision = _gate(conn, engine, caller, current, what)
+    judged = [current] + [_judged(r) for r in rows[1:]]
+    if version is not None:
+        judged = [r for r in judged if r.version == version]
+    shown, hidden = _partition(decision, judged)
+    _audit_one(engine, caller, current, what, WITHHELD if hidden else None)
+    if version is not None and not shown:
+        raise NotFound(f"{res_type}/{res_id} has no version {version}")
+    if version is not None:
+        _not_retired(shown[0])
+    return Answer(shown, len(shown), bool(hidden), caller, _hidden_of(conn, current, decision),
+                  decision.masked, disputed=_disputed(conn, shown))
+
+
+def _not_retired(row) -> None:
+    if row.deleted:
+        raise Gone(f"{row.res_type}/{row.res_id} was retired in version {row.version} (its "
+                   f"sender's record no longer has it); earlier versions: "
+                   f"{row.res_type}/{row.res_id}/_history")
+
+
+def _judged(row):
+    """An earlier version (``queries.versions``) with the sensitive category of its own content."""
+    row.sensitive = sensitivity.category_of(orjson.loads(row.content))
+    return row
+
+
+def _reader_only(engine, caller: Caller, what: str) -> None:
     if caller.party.kind not in ("hospital", "admin"):
         _refuse(engine, caller, None, what, Decision(False, "insurance platforms never see "
                                                             "clinical records"))
-    row = queries.read_one(conn, res_type, res_id)
-    if row is None or row.deleted:
-        raise NotFound(f"{res_type}/{res_id} is not known")
+
+
+def _gate(conn: Connection, engine, caller: Caller, row, what: str) -> Decision:
+    """May the caller see this one resource (its current version)? 403 when its patient is not
+    readable (audited), 404 when the patient's choices withhold it (audited as such)."""
+    _reader_only(engine, caller, what)
     if row.patient_id is None:  # a hospital or a practitioner: not a patient's data
-        return Answer([row], 1, False, caller, masked=False)
+        return Decision(True, masked=False)
     decision = decide(conn, caller, row.patient_id)
     if not decision.allowed:
         _refuse(engine, caller, row.patient_id, what, decision)
-    visible = row if decision.shows(row) else None
-    _audit(engine, caller, [row.patient_id], what, "allowed",
-           None if visible else "withheld under the patient's sharing choices")
-    if visible is None:
-        raise NotFound(f"{res_type}/{res_id} is not known")
-    return Answer([visible], 1, False, caller, _hidden(conn, row.patient_id, decision.extra),
-                  decision.masked, _disputed(conn, [visible]))
+    if not decision.shows(row):
+        _audit_one(engine, caller, row, what, WITHHELD)
+        raise NotFound(f"{row.res_type}/{row.res_id} is not known")
+    return decision
+
+
+def _audit_one(engine, caller: Caller, row, what: str, detail: str | None = None) -> None:
+    if row.patient_id is not None:
+        _audit(engine, caller, [row.patient_id], what, "allowed", detail)
+
+
+def _hidden_of(conn: Connection, row, decision: Decision) -> frozenset:
+    return _hidden(conn, row.patient_id, decision.extra) if row.patient_id else frozenset()
 
 
 def search(conn: Connection, engine, caller: Caller, res_type: str,
-           params: list[tuple[str, str]], count: int, offset: int) -> Answer:
+           params: list[tuple[str, str]], count: int, offset: int,
+           sort: list[tuple[str, bool]] | None = None, with_total: bool = True) -> Answer:
+    """One page of a search (``sort`` and ``with_total`` as ``queries.search_page``): what the
+    caller may not see is left out by the database, so ``total`` counts only what it may see,
+    and a search pinned to one patient says whether anything was withheld."""
     what = f"search {res_type}"
     if res_type == "AuditEvent":
-        return _search_audit(conn, engine, caller, params, count, offset)
+        return _search_audit(conn, engine, caller, params, count, offset, sort)
     pinned = _pinned_patient(conn, res_type, params)
     if res_type in SHARED_TYPES and caller.party.kind in ("hospital", "admin"):
         # hospitals and practitioners are nobody's personal data
-        page = queries.search_page(conn, res_type, params, count, offset, [])
-        return Answer(page.rows, page.total, False, caller, masked=False)
+        page = queries.search_page(conn, res_type, params, count, offset, [], sort, with_total)
+        return Answer(page.rows, page.total, False, caller, masked=False, more=page.more)
     decision = decide(conn, caller, pinned)
     if not decision.allowed:
         _refuse(engine, caller, pinned, what, decision)
-    page = queries.search_page(conn, res_type, params, count, offset, decision.extra)
+    page = queries.search_page(conn, res_type, params, count, offset, decision.extra, sort,
+                               with_total)
     withheld = pinned is not None and queries.count_withheld(
         conn, res_type, params, decision.extra) > 0
     patients = sorted({r.patient_id for r in page.rows if r.patient_id} | ({pinned} - {None}))
     _audit(engine, caller, patients, what, "allowed")
     hidden = _hidden(conn, pinned, decision.extra) if pinned else frozenset()
-    return Answer(page.rows, page.total, withheld, caller, hidden, decision.masked,
+    return Answer(page.rows, page.total, withheld, caller, hidden, decision.masked, page.more,
                   _disputed(conn, page.rows))
 
 
@@ -306,7 +379,7 @@ def everything(conn: Connection, engine, caller: Caller, patient_id: str) -> Ans
     shown, hidden = _partition(decision, rows)
     _audit(engine, caller, [patient_id], what, "allowed")
     return Answer(shown, len(shown), bool(hidden), caller, hidden, decision.masked,
-                  _disputed(conn, shown))
+                  disputed=_disputed(conn, shown))
 
 
 def _disputed(conn: Connection, rows: list) -> frozenset:
@@ -330,12 +403,13 @@ def _partition(decision: Decision, rows: list) -> tuple[list, frozenset]:
     return shown, frozenset(f"{r.res_type}/{r.res_id}" for r in hidden)
 
 
-def _search_audit(conn, engine, caller: Caller, params, count: int, offset: int) -> Answer:
+def _search_audit(conn, engine, caller: Caller, params, count: int, offset: int,
+                  sort) -> Answer:
     if caller.party.kind != "admin":
         raise Forbidden("only an administrator may search the audit")
     audit.flush(engine)
-    page = queries.audit_page(conn, params, count, offset)
-    return Answer(page.rows, page.total, False, caller, masked=False)
+    page = queries.audit_page(conn, params, count, offset, sort)
+    return Answer(page.rows, page.total, False, caller, masked=False, more=page.more)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,5 +457,5 @@ def present(answer: Answer, row, content: bytes) -> bytes:
     return orjson.dumps(resource)
 
 
-__all__ = ["Caller", "Answer", "decide", "read", "search", "everything", "present",
+__all__ = ["Caller", "Answer", "decide", "read", "history", "search", "everything", "present",
            "EMERGENCY_HEADER", "DISPUTED_TAG"]

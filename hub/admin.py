@@ -14,7 +14,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hub import hl7_ingest, ingest
+from hub import api_models, hl7_ingest, ingest
 from hub.auth import Party, bearer_party, require_admin
 from hub.errors import BadRequest, NotFound
 from hub.models import Upload
@@ -35,7 +35,7 @@ def _listing(row) -> dict:
             "rerun_of": row.rerun_of, "summary": summary}
 
 
-@router.get("/uploads")
+@router.get("/uploads", responses=api_models.answers(api_models.Uploads, 403, 422))
 def list_uploads(request: Request, set_aside: bool = Query(True), limit: int = Query(100, ge=0, le=1000),
                  party: Party = Depends(bearer_party)) -> Response:
     """Uploads newest first; by default those set aside (unreadable, or with rejections/AE)."""
@@ -79,13 +79,15 @@ def rerun(engine, upload_id: int) -> dict:
     return {"rerun_of": upload_id, **outcome.summary()}
 
 
-@router.post("/uploads/{upload_id}/rerun")
+@router.post("/uploads/{upload_id}/rerun", responses=api_models.answers(
+    api_models.RerunDone | api_models.RerunError, 400, 403, 404, 422,
+    description="the re-run's summary, or why the original still cannot be read"))
 async def rerun_one(upload_id: int, request: Request, party: Party = Depends(bearer_party)):
     require_admin(party)
     return _json(await run_in_threadpool(rerun, request.app.state.engine, upload_id))
 
 
-@router.post("/remap")
+@router.post("/remap", responses=api_models.answers(api_models.Remap, 400, 403, 422))
 async def remap(request: Request, channel: str = Query(...), party: Party = Depends(bearer_party)):
     """Re-map every archived original of a channel (oldest first, so later versions win)."""
     require_admin(party)

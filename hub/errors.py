@@ -4,6 +4,8 @@
     ├── Unauthenticated        401  no token, or an unknown one
     ├── Forbidden              403  a party asking for what is not its own
     ├── NotFound               404
+    ├── NotAcceptable          406  a format the hub does not serve (``_format``)
+    ├── Gone                   410  a retired version (FHIR read and vread)
     ├── BadRequest             400  unreadable body, bad search
     ├── PayloadTooLarge        413
     ├── Conflict               409
@@ -25,7 +27,8 @@ FHIR_JSON = "application/fhir+json"
 
 # HTTP status -> OperationOutcome issue code (data)
 _ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
-                409: "conflict", 413: "too-costly", 422: "processing", 500: "exception"}
+                406: "not-supported", 409: "conflict", 410: "deleted", 413: "too-costly",
+                422: "processing", 500: "exception"}
 
 
 class HubError(Exception):
@@ -50,6 +53,14 @@ class Forbidden(HubError):
 
 class NotFound(HubError):
     status, code = 404, "NOT_FOUND"
+
+
+class NotAcceptable(HubError):
+    status, code = 406, "NOT_ACCEPTABLE"
+
+
+class Gone(HubError):
+    status, code = 410, "GONE"
 
 
 class BadRequest(HubError):

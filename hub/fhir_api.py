@@ -1,52 +1,37 @@
-"""``/fhir``: the hospitals' FHIR R4 lookups. Thin: parse, ask ``hub.access``, answer.
+"""``/fhir``: the hospitals' FHIR R4 lookups. Thin: read the parameters (``hub.fhir_results``),
+ask ``hub.access``, answer.
 
-Bundles are assembled from the stored bytes (no parse and dump per resource).
+Bundles are assembled from the stored bytes (no parse and dump per resource, unless ``_summary``
+or ``_elements`` asks for a subset, or ``hub.access`` must mask or cut).
 """
 
 from __future__ import annotations
 
+from datetime import timezone
+from email.utils import format_datetime, parsedate_to_datetime
+from functools import lru_cache
 from urllib.parse import unquote, urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from functools import lru_cache
-
-from hub import access, audit, search, store
+from hub import access, audit, capability, fhir_results, search, store
 from hub.auth import Party, bearer_party
 from hub.errors import FHIR_JSON, BadRequest, NotFound
 from hub.logs import scrub
 
 router = APIRouter(prefix="/fhir")
-DEFAULT_COUNT, MAX_COUNT = 50, 500
 
 
-def fhir_response(body: bytes, status: int = 200) -> Response:
-    return Response(body, status, media_type=FHIR_JSON)
+def fhir_response(body: bytes, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(body, status, headers=headers, media_type=FHIR_JSON)
 
 
 @router.get("/metadata")
 def metadata(request: Request) -> Response:
-    """The CapabilityStatement: types, their search parameters, ``$everything``."""
-    resources = []
-    for res_type, params in search.PARAMS.items():
-        entry = {"type": res_type, "interaction": [{"code": "read"}, {"code": "search-type"}],
-                 "searchParam": [{"name": p.name, "type": p.kind} for p in params]}
-        if res_type == "Patient":
-            entry["operation"] = [{"name": "everything",
-                                   "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]
-        resources.append(entry)
-    statement = {
-        "resourceType": "CapabilityStatement", "status": "active", "date": "2026-11-25",
-        "kind": "instance", "fhirVersion": "4.0.1", "format": ["application/fhir+json"],
-        "software": {"name": "yrdhub"},
-        "implementation": {"description": "Yangtze River Delta interoperability hub",
-                           "url": _base(request)},
-        "rest": [{"mode": "server", "resource": resources,
-                  "security": {"description": "Bearer tokens per party (hub-interface.md)"}}],
-    }
-    return fhir_response(orjson.dumps(statement))
+    """The CapabilityStatement (``hub.capability``)."""
+    return fhir_response(orjson.dumps(capability.statement(_base(request))))
 
 
 def _known_type(res_type: str) -> None:
@@ -73,91 +58,205 @@ def caller_of(request: Request, party: Party) -> access.Caller:
     return access.Caller(party, reason[:500] or None)
 
 
-def _shown(answer: access.Answer, row) -> tuple[str, str, bytes]:
-    """Type, id and bytes of one row as the caller sees it (an audit row has no ``res_type``)."""
-    res_type = getattr(row, "res_type", "AuditEvent")
-    if res_type == "AuditEvent":
-        event = audit.as_fhir(row, hospital_names())
-        return res_type, event["id"], orjson.dumps(event)
-    return res_type, row.res_id, answer.render(row, store.with_meta(row.content, row.version,
-                                                                    row.last_updated))
+def _shown(answer: access.Answer, row, view: fhir_results.View) -> bytes:
+    """The one place a stored resource becomes what the caller sees: ``meta`` spliced in, then
+    what ``hub.access`` masks and cuts, then the result parameters' subset. Every answer (read,
+    vread, search, history, ``$everything``) goes through here, so a tag every answer must
+    carry belongs here too."""
+    if getattr(row, "res_type", "AuditEvent") == "AuditEvent":  # an audit row
+        content = orjson.dumps(audit.as_fhir(row, hospital_names()))
+    else:
+        content = answer.render(row, store.with_meta(row.content, row.version, row.last_updated))
+    return view.shape(content)
 
 
-def _entry(base: str, answer: access.Answer, row) -> bytes:
-    res_type, res_id, content = _shown(answer, row)
+def _entry(base: str, answer: access.Answer, row, view: fhir_results.View) -> bytes:
+    content = _shown(answer, row, view)
+    res_type, res_id = _type_and_id(row, content)
     return (b'{"fullUrl":"%s/%s/%s","resource":%s,"search":{"mode":"match"}}'
             % (base.encode(), res_type.encode(), res_id.encode(), content))
 
 
-def _bundle(answer: access.Answer, base: str, links: list[tuple[str, str]]) -> bytes:
-    entries = [_entry(base, answer, row) for row in answer.rows]
-    if answer.withheld:
-        entries.append(orjson.dumps({"resource": access.SUPPRESSED,
-                                     "search": {"mode": "outcome"}}))
-    head = orjson.dumps({"resourceType": "Bundle", "type": "searchset", "total": answer.total,
-                         "link": [{"relation": r, "url": scrub(u)} for r, u in links]})
-    return head[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
+def _type_and_id(row, content: bytes) -> tuple[str, str]:
+    if hasattr(row, "res_type"):
+        return row.res_type, row.res_id
+    return "AuditEvent", orjson.loads(content)["id"]
 
 
-def _paging(request: Request) -> tuple[int, int, list[tuple[str, str]]]:
-    params = list(request.query_params.multi_items())
-    try:
-        count = int(request.query_params.get("_count", DEFAULT_COUNT))
-        offset = int(request.query_params.get("_offset", 0))
-    except ValueError:
-        raise BadRequest("_count and _offset must be whole numbers") from None
-    if count < 0 or offset < 0:
-        raise BadRequest("_count and _offset must not be negative")
-    return min(count, MAX_COUNT), offset, params
+def _history_entry(base: str, answer: access.Answer, row, view: fhir_results.View) -> bytes:
+    """One version in a history Bundle: how it came (the first version created, later ones
+    replaced, a retired one deleted) and, unless retired, the resource as it was."""
+    ref = f"{row.res_type}/{row.res_id}"
+    method, url, status = (("DELETE", ref, "410 Gone") if row.deleted else
+                           ("POST", row.res_type, "201 Created") if row.version == 1 else
+                           ("PUT", ref, "200 OK"))
+    head = orjson.dumps({"fullUrl": f"{base}/{ref}", "request": {"method": method, "url": url},
+                         "response": {"status": status, "etag": etag(row),
+                                      "lastModified": store.instant(row.last_updated)}})
+    if row.deleted:
+        return head
+    return head[:-1] + b',"resource":' + _shown(answer, row, view) + b"}"
+
+
+def _bundle(kind: str, total: int | None, links: list[tuple[str, str]], entries: list[bytes],
+            outcomes: list[dict]) -> bytes:
+    """A Bundle of ``entries`` (bytes, not parsed again), then one ``outcome`` entry per
+    OperationOutcome in ``outcomes``. No ``total`` when it was not counted; no ``entry`` when
+    there is none (FHIR JSON has no empty arrays)."""
+    entries = entries + [orjson.dumps({"resource": o, "search": {"mode": "outcome"}})
+                         for o in outcomes]
+    head = {"resourceType": "Bundle", "type": kind}
+    if total is not None:
+        head["total"] = total
+    head["link"] = [{"relation": r, "url": scrub(u)} for r, u in links]
+    if not entries:
+        return orjson.dumps(head)
+    return orjson.dumps(head)[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
+
+
+def _outcomes(answer: access.Answer, asked: fhir_results.Asked) -> list[dict]:
+    """What the Bundle says besides its matches: something withheld, parameters ignored."""
+    out = [access.SUPPRESSED] if answer.withheld else []
+    if asked.ignored:
+        out.append(fhir_results.ignored_outcome(asked.ignored))
+    return out
+
+
+def _asked(request: Request, res_type: str, interaction: str) -> fhir_results.Asked:
+    return fhir_results.asked(list(request.query_params.multi_items()),
+                              request.headers.get("prefer"), res_type, interaction)
 
 
 def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/") + "/fhir"
 
 
+def _links(url: str, asked: fhir_results.Asked, answer: access.Answer,
+           criteria: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``self`` and, when another page follows, ``next``: the criteria that were run and the
+    result parameters that shape the answer, never a parameter that was ignored."""
+
+    def page(at: int) -> str:
+        query = criteria + asked.carried + [("_count", str(asked.count)), ("_offset", str(at))]
+        return f"{url}?{urlencode(query)}"
+
+    links = [("self", page(asked.offset))]
+    if answer.more and asked.count:
+        links.append(("next", page(asked.offset + asked.count)))
+    return links
+
+
 @router.get("/{res_type}")
 def search_type(res_type: str, request: Request, party: Party = Depends(bearer_party)) -> Response:
     _known_type(res_type)
-    count, offset, params = _paging(request)
-    criteria = [(n, v) for n, v in params if n not in search.RESULT_PARAMS]
+    asked = _asked(request, res_type, "search")
     engine = request.app.state.engine
     try:
         with engine.connect() as conn:
-            answer = access.search(conn, engine, caller_of(request, party), res_type, criteria,
-                                   count, offset)
+            answer = access.search(conn, engine, caller_of(request, party), res_type,
+                                   asked.criteria, asked.count, asked.offset, asked.sort,
+                                   asked.with_total)
     except search.SearchError as exc:
         raise BadRequest(str(exc)) from None
     base = _base(request)
-
-    def page(at: int) -> str:
-        query = criteria + [("_count", str(count)), ("_offset", str(at))]
-        return f"{base}/{res_type}?{urlencode(query)}"
-
-    links = [("self", page(offset))]
-    if offset + count < answer.total and count:
-        links.append(("next", page(offset + count)))
-    return fhir_response(_bundle(answer, base, links))
+    entries = [_entry(base, answer, row, asked.view) for row in answer.rows]
+    links = _links(f"{base}/{res_type}", asked, answer, asked.criteria)
+    return fhir_response(_bundle("searchset", answer.total, links, entries,
+                                 _outcomes(answer, asked)))
 
 
 @router.get("/{res_type}/{res_id}")
 def read(res_type: str, res_id: str, request: Request,
          party: Party = Depends(bearer_party)) -> Response:
-    _known_type(res_type)
-    if res_type == "AuditEvent":
-        raise NotFound("audit events are searched, not read by id: GET /fhir/AuditEvent?...")
+    """One resource, with ``ETag`` and ``Last-Modified``; ``304`` to a conditional read of the
+    version the caller has (decided after the sharing rules and the audit, like any read)."""
+    _readable_type(res_type)
+    asked = _asked(request, res_type, "read")
     engine = request.app.state.engine
     with engine.connect() as conn:
         answer = access.read(conn, engine, caller_of(request, party), res_type, res_id)
-    return fhir_response(_shown(answer, answer.rows[0])[2])
+    return _one(request, answer, asked.view)
+
+
+@router.get("/{res_type}/{res_id}/_history/{version}")
+def vread(res_type: str, res_id: str, version: str, request: Request,
+          party: Party = Depends(bearer_party)) -> Response:
+    """One kept version (``410`` when it is a retirement), as ``read`` answers the current one."""
+    _readable_type(res_type)
+    if not version.isdigit():
+        raise NotFound(f"{res_type}/{res_id} has no version {version!r}")
+    asked = _asked(request, res_type, "read")
+    engine = request.app.state.engine
+    with engine.connect() as conn:
+        answer = access.history(conn, engine, caller_of(request, party), res_type, res_id,
+                                int(version))
+    return _one(request, answer, asked.view)
+
+
+@router.get("/{res_type}/{res_id}/_history")
+def history(res_type: str, res_id: str, request: Request,
+            party: Party = Depends(bearer_party)) -> Response:
+    """The kept versions of one resource, newest first, as a ``history`` Bundle (paged by
+    ``_count``/``_offset``)."""
+    _readable_type(res_type)
+    asked = _asked(request, res_type, "history")
+    engine = request.app.state.engine
+    with engine.connect() as conn:
+        answer = access.history(conn, engine, caller_of(request, party), res_type, res_id)
+    rows = answer.rows[asked.offset:asked.offset + asked.count]
+    answer.more = asked.offset + asked.count < answer.total
+    base = _base(request)
+    entries = [_history_entry(base, answer, row, asked.view) for row in rows]
+    links = _links(f"{base}/{res_type}/{res_id}/_history", asked, answer, [])
+    return fhir_response(_bundle("history", answer.total, links, entries,
+                                 _outcomes(answer, asked)))
+
+
+def _readable_type(res_type: str) -> None:
+    _known_type(res_type)
+    if res_type == "AuditEvent":
+        raise NotFound("audit events are searched, not read by id: GET /fhir/AuditEvent?...")
+
+
+def _one(request: Request, answer: access.Answer, view: fhir_results.View) -> Response:
+    row = answer.rows[0]
+    headers = {"ETag": etag(row), "Last-Modified": format_datetime(
+        row.last_updated.astimezone(timezone.utc).replace(microsecond=0), usegmt=True)}
+    if not_modified(request.headers, row):
+        return Response(status_code=304, headers=headers)
+    return fhir_response(_shown(answer, row, view), headers=headers)
+
+
+def etag(row) -> str:
+    return f'W/"{row.version}"'
+
+
+def not_modified(headers, row) -> bool:
+    """Does the caller already have this version? ``If-None-Match`` (weak comparison, ``*``
+    matches any) decides when given; else ``If-Modified-Since`` (second precision, as HTTP
+    dates have). An unreadable date is ignored, as RFC 9110 says."""
+    if "if-none-match" in headers:
+        tags = {t.strip().removeprefix("W/") for t in headers["if-none-match"].split(",")}
+        return "*" in tags or f'"{row.version}"' in tags
+    try:
+        since = parsedate_to_datetime(headers.get("if-modified-since", ""))
+    except (TypeError, ValueError):
+        return False
+    since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+    return row.last_updated.replace(microsecond=0) <= since
 
 
 @router.get("/Patient/{patient_id}/$everything")
 def everything(patient_id: str, request: Request, party: Party = Depends(bearer_party)) -> Response:
+    asked = _asked(request, "Patient", "everything")
     engine = request.app.state.engine
     with engine.connect() as conn:
         answer = access.everything(conn, engine, caller_of(request, party), patient_id)
     base = _base(request)
-    return fhir_response(_bundle(answer, base, [("self", f"{base}/Patient/{patient_id}/$everything")]))
+    entries = [_entry(base, answer, row, asked.view) for row in answer.rows]
+    links = [("self", f"{base}/Patient/{patient_id}/$everything")]
+    return fhir_response(_bundle("searchset", answer.total, links, entries,
+                                 _outcomes(answer, asked)))
 
 
 @lru_cache(maxsize=1)

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hub import metrics, store
+from hub import api_models, metrics, store
 from hub.auth import Party, bearer_party, require_hospital
 from hub.db import write_retrying, writer
 from hub.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
@@ -234,7 +234,20 @@ def _declared_filename(request: Request) -> str | None:
     return name.strip('"') or None
 
 
-@router.post("/ingest/{channel_name}")
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+INGEST_BODY = {"requestBody": {
+    "required": True,
+    "description": "zj: one JSON upload; js: one CDA document; ah: a CSV or a ZIP of CSVs, raw "
+                   "or as the multipart field 'file' (formats/*.md). At most 20 MB.",
+    "content": {"application/json": _BINARY, "application/xml": _BINARY, "text/csv": _BINARY,
+                "application/zip": _BINARY,
+                "multipart/form-data": {"schema": {
+                    "type": "object", "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}}}}}}}
+
+
+@router.post("/ingest/{channel_name}", openapi_extra=INGEST_BODY,
+             responses=api_models.answers(api_models.IngestSummary, 400, 403, 404, 413))
 async def ingest_json_channel(channel_name: str, request: Request,
                               party: Party = Depends(bearer_party)) -> Response:
     channel = CHANNELS.get(channel_name)

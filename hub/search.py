@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, func, not_, or_, select
 
 from hub.models import SearchIndex
 from mappers.common import CST
@@ -97,6 +97,12 @@ PARAMS: dict[str, tuple[Param, ...]] = {
     "Practitioner": (_p("identifier", "token", "identifier"),),
 }
 
+# Parameters of every type, answered from columns of ``resource`` (not indexed).
+COMMON_PARAMS = (_p("_id", "token"), _p("_lastUpdated", "date"))
+# The audit is searched by these (``queries.audit_page``), by an administrator only.
+AUDIT_PARAMS = (_p("patient", "reference"), _p("date", "date"), _p("outcome", "token"),
+                _p("agent", "token"))
+
 # The element that orders a type's searchset, newest first (the first date parameter).
 SORT_PARAM: dict[str, str] = {
     t: next((p.name for p in ps if p.kind == "date"), "") for t, ps in PARAMS.items()
@@ -105,7 +111,8 @@ SORT_PARAM: dict[str, str] = {
 # resource's patient is ``resource.patient_id``): not indexed, a row per resource saved.
 COLUMN_PARAMS = frozenset({"patient"})
 CLINICAL_TYPES = tuple(t for t in PARAMS if t not in ("Patient", "Organization", "Practitioner"))
-RESULT_PARAMS = frozenset({"_count", "_offset", "_sort", "_format", "_summary", "_elements"})
+# ``_sort`` takes the date and token parameters of a type, and these columns of every type.
+SORT_KINDS = ("date", "token")
 
 
 def param_of(res_type: str, name: str) -> Param:
@@ -113,6 +120,25 @@ def param_of(res_type: str, name: str) -> Param:
         if p.name == name:
             return p
     raise SearchError(f"unknown search parameter {name!r} for {res_type}")
+
+
+def params_of(res_type: str) -> tuple[Param, ...]:
+    """Every search parameter ``res_type`` takes (its own, then the common ones)."""
+    if res_type == "AuditEvent":
+        return AUDIT_PARAMS
+    return PARAMS.get(res_type, ()) + COMMON_PARAMS
+
+
+def supported(res_type: str, name: str) -> bool:
+    """Is ``name`` a search parameter the hub runs for ``res_type``? (No modifier is.)"""
+    return any(p.name == name for p in params_of(res_type))
+
+
+def sort_keys(res_type: str) -> tuple[str, ...]:
+    """The names ``_sort`` accepts for ``res_type``."""
+    if res_type == "AuditEvent":
+        return ("date",)
+    return tuple(p.name for p in params_of(res_type) if p.kind in SORT_KINDS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,10 +287,26 @@ def sort_date(res_type: str, resource: dict[str, Any]) -> str | None:
 _PREFIXES = ("eq", "ne", "ge", "le", "gt", "lt")
 
 
+def split_prefix(raw: str) -> tuple[str, str]:
+    """A date value's comparison prefix (``eq`` when none) and the date itself. An unsupported
+    prefix (``sa``, ``ap`` ...) is left on the date, which then fails to read: a 400."""
+    if raw[:2] in _PREFIXES:
+        return raw[:2], raw[2:]
+    return "eq", raw
+
+
+def instant_condition(column, raw: str):
+    """A date value with its prefix against a column holding one instant (``_lastUpdated``, the
+    audit's time): the instant lies in, after or before the value's range at its precision."""
+    prefix, text = split_prefix(raw)
+    lo, hi = (datetime.fromisoformat(v + "+00:00") for v in date_range(text))
+    within = and_(column >= lo, column < hi)
+    return {"eq": within, "ne": not_(within), "ge": column >= lo, "gt": column >= hi,
+            "le": column < hi, "lt": column < lo}[prefix]
+
+
 def _date_condition(raw: str):
-    prefix, text = ("eq", raw)
-    if raw[:2] in _PREFIXES and not raw[:2].isdigit():
-        prefix, text = raw[:2], raw[2:]
+    prefix, text = split_prefix(raw)
     lo, hi = date_range(text)
     si = SearchIndex
     conditions = {
@@ -309,15 +351,57 @@ def conditions(res_type: str, params: list[tuple[str, str]], resource_table) -> 
         if name == "_id":
             out.append(resource_table.c.res_id.in_(raw.split(",")))
             continue
+        if name == "_lastUpdated":
+            out.append(or_(*(instant_condition(resource_table.c.last_updated, v)
+                             for v in _values_of(name, raw))))
+            continue
         base, _, modifier = name.partition(":")
         if modifier:
             raise SearchError(f"search modifier {modifier!r} is not supported")
         param = param_of(res_type, base)
-        alternatives = [_CONDITION[param.kind](v) for v in raw.split(",") if v != ""]
-        if not alternatives:
-            raise SearchError(f"empty value for search parameter {name!r}")
+        alternatives = [_CONDITION[param.kind](v) for v in _values_of(name, raw)]
         si = SearchIndex
         out.append(exists(select(si.id).where(
             si.res_type == res_type, si.res_id == resource_table.c.res_id, si.param == param.name,
             or_(*alternatives))))
     return out
+
+
+def _values_of(name: str, raw: str) -> list[str]:
+    values = [v for v in raw.split(",") if v != ""]
+    if not values:
+        raise SearchError(f"empty value for search parameter {name!r}")
+    return values
+
+
+def order_by(res_type: str, sort: list[tuple[str, bool]], resource_table) -> list:
+    """ORDER BY clauses for ``_sort`` keys ``(name, descending)``; none: newest first by the
+    type's date element. Missing values come last either way, and the id breaks ties, so pages
+    of one search never overlap or skip. A parameter with several values sorts by its least
+    (ascending) or greatest (descending) one; a date by the start of its range."""
+    R = resource_table.c
+    if not sort:
+        return [R.sort_date.desc().nulls_last(), R.res_id]
+    clauses = []
+    for name, descending in sort:
+        key = _sort_column(res_type, name, descending, resource_table)
+        clauses.append((key.desc() if descending else key.asc()).nulls_last())
+    return clauses + [R.res_id]
+
+
+def _sort_column(res_type: str, name: str, descending: bool, resource_table):
+    R = resource_table.c
+    if name not in sort_keys(res_type):
+        raise SearchError(f"_sort: {res_type} cannot be sorted by {name!r}; "
+                          f"it sorts by {', '.join(sort_keys(res_type))}")
+    if name == "_id":
+        return R.res_id
+    if name == "_lastUpdated":
+        return R.last_updated
+    if name == SORT_PARAM.get(res_type):
+        return R.sort_date  # the column the default order uses, kept on the resource row
+    si = SearchIndex
+    column = si.date_lo if param_of(res_type, name).kind == "date" else si.value
+    pick = func.max(column) if descending else func.min(column)
+    return (select(pick).where(si.res_type == res_type, si.res_id == R.res_id,
+                               si.param == name).scalar_subquery())

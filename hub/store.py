@@ -61,10 +61,15 @@ def dumps(resource: dict[str, Any]) -> bytes:
                         option=orjson.OPT_SORT_KEYS)
 
 
+def instant(when: datetime) -> str:
+    """A stored time as a FHIR instant, in UTC (``meta.lastUpdated``)."""
+    return when.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 def with_meta(content: bytes, version: int, last_updated: datetime) -> bytes:
     """Stored bytes with ``meta`` spliced in (cheaper than a parse and a dump per read)."""
-    stamp = last_updated.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-    meta = b'{"meta":{"versionId":"%d","lastUpdated":"%s"},' % (version, stamp.encode())
+    meta = b'{"meta":{"versionId":"%d","lastUpdated":"%s"},' % (version,
+                                                                instant(last_updated).encode())
     return meta + content[1:]
 
 

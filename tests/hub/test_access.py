@@ -15,26 +15,17 @@ from hub import access, search
 from hub.auth import Party
 from hub.sharing import SharingChoices, set_choices
 from mappers.common import RESIDENT_ID_SYSTEM
-from tests.support.visits import OTHER, RID, SH_H, ZJ_H, sh_visit, zj_visit
+from tests.support.fhir import (OTHER, RID, SH_H, ZJ_H, close_world, make_world, sh_visit,
+                                zj_visit)
 
 FULL_VALUES = (RID, "13857300000", "13812345678", "罗星街道", "漕溪北路")
 
 
 @pytest.fixture()
 def world(hub):
-    now = datetime.now(timezone.utc)
-    with hub.client(hub.token("hospital", ZJ_H)) as c:
-        assert c.post("/ingest/zj", content=zj_visit(now - timedelta(days=2))).json()["stored"] == 1
-    with hub.client(hub.token("hospital", SH_H)) as c:
-        ack = c.post("/ingest/sh", content=sh_visit(SH_H, now - timedelta(hours=3)))
-        assert b"MSA|AA" in ack.content
-    admin = hub.client(hub.token("admin"))
-    pid = admin.get("/fhir/Patient", params={"identifier": f"{RESIDENT_ID_SYSTEM}|{RID}"}).json()["entry"][0]["resource"]["id"]
-    clients = {h: hub.client(hub.token("hospital", h)) for h in (ZJ_H, SH_H, OTHER)}
-    yield {"pid": pid, "admin": admin, **clients}
-    admin.close()
-    for c in clients.values():
-        c.close()
+    world = make_world(hub)
+    yield world
+    close_world(world)
 
 
 def ids_of(client, pid):

@@ -4,34 +4,22 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from hub import search
-from mappers.common import RESIDENT_ID_SYSTEM, make_id
+from mappers.common import make_id
 from tests.conftest import FIXTURES
 from tests.support.references import hospital_code_problems, organization_references
 
 ZJ = FIXTURES / "zj"
 RID = "33042119850412002X"
+from tests.support.fhir import load_zj_fixtures, patient_id
 
 
 @pytest.fixture()
 def loaded(hub):
     """The Zhejiang fixtures ingested by their hospitals; an admin client to read them."""
-    import json
-
-    for name in ("upload_basic.json", "upload_two_visits.json", "upload_other_hospital.json"):
-        raw = (ZJ / name).read_bytes()
-        sender = json.loads(raw)["jgdm"]
-        with hub.client(hub.token("hospital", sender)) as c:
-            answer = c.post("/ingest/zj", content=raw)
-            assert answer.status_code == 200, answer.text
+    load_zj_fixtures(hub)
     client = hub.client(hub.token("admin"))
     yield client
     client.close()
-
-
-def patient_id(client, rid=RID):
-    bundle = client.get("/fhir/Patient", params={"identifier": f"{RESIDENT_ID_SYSTEM}|{rid}"}).json()
-    assert bundle["total"] == 1
-    return bundle["entry"][0]["resource"]["id"]
 
 
 def validate_all(bundle):
