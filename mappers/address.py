@@ -122,7 +122,7 @@ def read_address(text: str | None) -> Place:
     if not text:
         return Place()
     idx, start = _index(), _start(text)
-    best: tuple[tuple[int, int], Place] = ((0, 0), Place(line=text.strip() or None))
+    best: tuple[tuple[int, int, int], Place] = ((0, 0, 0), Place(line=text.strip() or None))
     for province in [None, *idx.matches(text, start, "province", None)]:
         pos = province[1] if province else start
         p = province[0] if province else None
@@ -133,7 +133,9 @@ def read_address(text: str | None) -> Place:
                 parts = [x for x in (province, city, district) if x]
                 if not parts or parts[-1][2]:  # a short form must be followed by a full name
                     continue
-                score = (3 if district else 2 if city else 1, parts[-1][1])
+                # The most detailed, then the longest reading; then the one of current names
+                # (重庆市渝中区: the municipality's, not Sichuan's city of before 1997).
+                score = (3 if district else 2 if city else 1, parts[-1][1], sum(x[0].current for x in parts))
                 if score > best[0]:
                     best = (score, _place(p, c, district[0] if district else None, text[parts[-1][1]:]))
     return best[1]
