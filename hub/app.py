@@ -13,7 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import JSONResponse, Response
 
-from hub import admin, audit, auth, corrections, errors, fhir_api, hl7_ingest, ingest, metrics, portal
+from hub import (admin, audit, auth, compression, corrections, errors, fhir_api, hl7_ingest, ingest,
+                 metrics, portal)
 from settlement import api as settlement_api
 from settlement.platform import PlatformClient
 from settlement.transfer import start_transfers
@@ -122,15 +123,10 @@ class MetricsMiddleware:
             metrics.LATENCY.labels(scope["method"], route).observe(time.perf_counter() - start)
 
 
-# gzip for answers a client accepts it for, above a small size. Level 1: JSON shrinks about as
-# much as at 6 for a fraction of the CPU (``bench/fhir_results.py`` measures it on $everything).
-# Starlette compresses large bodies in a worker thread and keeps the media type; MLLP is not
-# HTTP and never passes through it.
-GZIP_MIN_BYTES, GZIP_LEVEL = 1024, 1
-
-
 def _install_operating(app: FastAPI) -> None:
-    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL)
+    # Starlette compresses large bodies in a worker thread and keeps the media type
+    app.add_middleware(GZipMiddleware, minimum_size=compression.MIN_BYTES,
+                       compresslevel=compression.MIDDLEWARE_LEVEL)
     app.add_middleware(MetricsMiddleware)
 
     @app.get("/metrics")

@@ -16,7 +16,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from hub import access, audit, capability, fhir_results, search, store
+from hub import access, audit, capability, compression, fhir_results, search, store
 from hub.auth import Party, bearer_party
 from hub.errors import FHIR_JSON, BadRequest, NotFound
 from hub.logs import scrub
@@ -24,14 +24,19 @@ from hub.logs import scrub
 router = APIRouter(prefix="/fhir")
 
 
-def fhir_response(body: bytes, status: int = 200, headers: dict | None = None) -> Response:
+def fhir_response(body: bytes, status: int = 200, headers: dict | None = None,
+                  request: Request | None = None) -> Response:
+    """A FHIR JSON answer; gzipped here (``hub.compression``) when ``request`` accepts it."""
+    headers = dict(headers or {})
+    if request is not None:
+        body = compression.gzipped(request.headers.get("accept-encoding"), body, headers)
     return Response(body, status, headers=headers, media_type=FHIR_JSON)
 
 
 @router.get("/metadata")
 def metadata(request: Request) -> Response:
     """The CapabilityStatement (``hub.capability``)."""
-    return fhir_response(orjson.dumps(capability.statement(_base(request))))
+    return fhir_response(orjson.dumps(capability.statement(_base(request))), request=request)
 
 
 def _known_type(res_type: str) -> None:
@@ -162,7 +167,7 @@ def search_type(res_type: str, request: Request, party: Party = Depends(bearer_p
     entries = [_entry(base, answer, row, asked.view) for row in answer.rows]
     links = _links(f"{base}/{res_type}", asked, answer, asked.criteria)
     return fhir_response(_bundle("searchset", answer.total, links, entries,
-                                 _outcomes(answer, asked)))
+                                 _outcomes(answer, asked)), request=request)
 
 
 @router.get("/{res_type}/{res_id}")
@@ -209,7 +214,7 @@ def history(res_type: str, res_id: str, request: Request,
     entries = [_history_entry(base, answer, row, asked.view) for row in rows]
     links = _links(f"{base}/{res_type}/{res_id}/_history", asked, answer, [])
     return fhir_response(_bundle("history", answer.total, links, entries,
-                                 _outcomes(answer, asked)))
+                                 _outcomes(answer, asked)), request=request)
 
 
 def _readable_type(res_type: str) -> None:
@@ -224,7 +229,7 @@ def _one(request: Request, answer: access.Answer, view: fhir_results.View) -> Re
         row.last_updated.astimezone(timezone.utc).replace(microsecond=0), usegmt=True)}
     if not_modified(request.headers, row):
         return Response(status_code=304, headers=headers)
-    return fhir_response(_shown(answer, row, view), headers=headers)
+    return fhir_response(_shown(answer, row, view), headers=headers, request=request)
 
 
 def etag(row) -> str:
@@ -256,7 +261,7 @@ def everything(patient_id: str, request: Request, party: Party = Depends(bearer_
     entries = [_entry(base, answer, row, asked.view) for row in answer.rows]
     links = [("self", f"{base}/Patient/{patient_id}/$everything")]
     return fhir_response(_bundle("searchset", answer.total, links, entries,
-                                 _outcomes(answer, asked)))
+                                 _outcomes(answer, asked)), request=request)
 
 
 @lru_cache(maxsize=1)

@@ -111,7 +111,7 @@ SORT_PARAM: dict[str, str] = {
 # resource's patient is ``resource.patient_id``): not indexed, a row per resource saved.
 COLUMN_PARAMS = frozenset({"patient"})
 CLINICAL_TYPES = tuple(t for t in PARAMS if t not in ("Patient", "Organization", "Practitioner"))
-# ``_sort`` takes the date and token parameters of a type, and these columns of every type.
+# ``_sort`` takes a type's parameters of these kinds (``_id`` and ``_lastUpdated`` included).
 SORT_KINDS = ("date", "token")
 
 
@@ -378,7 +378,8 @@ def order_by(res_type: str, sort: list[tuple[str, bool]], resource_table) -> lis
     """ORDER BY clauses for ``_sort`` keys ``(name, descending)``; none: newest first by the
     type's date element. Missing values come last either way, and the id breaks ties, so pages
     of one search never overlap or skip. A parameter with several values sorts by its least
-    (ascending) or greatest (descending) one; a date by the start of its range."""
+    (ascending) or greatest (descending) one; a date by the start of its range, and the type's
+    ordering date by the column the default order reads (its first value's start)."""
     R = resource_table.c
     if not sort:
         return [R.sort_date.desc().nulls_last(), R.res_id]
