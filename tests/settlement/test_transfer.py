@@ -18,6 +18,7 @@ from settlement.transfer import (TransferService, WorkCalendar, add_working_days
                                  load_calendar, parse_calendar)
 from tests.portal_support import (CHEN, LISI, LIUYANG, QIANFANG_ZJ, SUNQIANG, WANGFANG, WUXIA, ZHANGWEI,
                                   ZHAOMIN, ZHENGLEI, ZHOUJIE, session, sign_in, start_hub, wait_final)
+from tests.support.settlement import wait_for
 
 CAL = load_calendar()
 D = date.fromisoformat
@@ -276,15 +277,17 @@ def test_faults_and_restart_every_transfer_ends_and_nobody_is_lost(database_url,
     sims.set_faults("AH", maintenance=True, retry_after=1)  # Anhui's steps wait past the restart
     for client, (person, to, insutype) in zip(clients, CAST):
         ids[person[2]] = apply(client, to, insutype)["id"]
-    time.sleep(0.5)
-    hub.stop()  # mid-flight: some transfers are between steps, some steps in doubt
+    # mid-flight: some transfers are between steps, some steps in doubt
+    wait_for(lambda: sum(len(sims.received(p, "4101")) for p in ("SH", "JS", "ZJ")) >= 4, timeout=30)
+    hub.stop()
     unfinished = unfinished_transfers(database_url)
     assert unfinished >= 4  # the restart really falls between steps
     for c in clients:
         c.close()
+    sent = sum(len(sims.received(p)) for p in ("SH", "JS", "ZJ"))
     hub = start_hub(database_url, sims)
-    try:
-        time.sleep(1.0)
+    try:  # the restarted hub meets the faults too, then the platforms recover
+        wait_for(lambda: sum(len(sims.received(p)) for p in ("SH", "JS", "ZJ")) > sent + 3, timeout=30)
         sims.clear_faults()
         finals = {}
         for person, to, insutype in CAST:
