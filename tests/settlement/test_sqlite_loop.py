@@ -176,7 +176,9 @@ def test_the_service_checkpoints_a_sqlite_file_from_a_thread(engine, monkeypatch
     async def go():
         service = SettlementService(engine, PlatformClient({}))
         await service.start()
-        await asyncio.sleep(0.2)
+        deadline = asyncio.get_running_loop().time() + 20
+        while len(called) < 3 and asyncio.get_running_loop().time() < deadline:  # three checkpoints, however slow
+            await asyncio.sleep(0.01)
         await service.stop()
         await service.platform.aclose()
     asyncio.run(go())
