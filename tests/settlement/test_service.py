@@ -9,7 +9,8 @@ import pytest
 
 from settlement.service import Options
 from tests.support.settlement import (EXAMPLE_SPLIT, FAST, HUANGPU, LIUYANG, LISI, QINGPU, WUJIANG, XIHU,  # noqa: F401
-                                      body, poll, row_of, start_hub, stop_hub, wait_for)
+                                      body, poll, row_of, start_hub, stop_hub)
+from tests.support.waiting import wait_until
 
 
 def test_settle_answers_the_interface_example_exactly(shub, sims):
@@ -158,7 +159,7 @@ def test_accum_conflict_recomputes_and_sends_a_new_message(shub, sims):
     worker = threading.Thread(target=lambda: result.update(
         r=shub.client(shub.token("insurer", "SH")).post("/settlement/settle", json=body("K-9"))))
     worker.start()
-    wait_for(lambda: sims.received("ZJ", "1101"))
+    wait_until(lambda: sims.received("ZJ", "1101"), 20, "the hub's 1101")
     read = sims.person("ZJ", LISI)["accum"][2024]  # the totals the hub is computing on
 
     async def elsewhere():  # another settlement lands first, on the same totals

@@ -13,7 +13,7 @@ import pytest
 
 from mappers.common import CST
 from settlement.simulator import start_simulators
-from tests.support.settlement import wait_for
+from tests.support.waiting import wait_until
 
 LISI = "33042119850412002X"
 EXAMPLE_1101 = {  # insurer-api.md, 1101, verbatim
@@ -415,7 +415,7 @@ def test_a_fixed_latency_counts_from_the_request_and_holds_the_processed_answer(
     started = time.monotonic()
     call = threading.Thread(target=lambda: answers.append(post(http, sims, "ZJ", "2207", settle_input())))
     call.start()
-    wait_for(lambda: sims.ledger("ZJ"))  # committed ...
+    wait_until(lambda: sims.ledger("ZJ"), 20, "the commit")  # committed ...
     answered_early = bool(answers)  # ... while the answer is still held
     call.join()
     assert not answered_early and answers[0]["infcode"] == 0

@@ -18,7 +18,7 @@ from settlement.transfer import (TransferService, WorkCalendar, add_working_days
                                  load_calendar, parse_calendar)
 from tests.portal_support import (CHEN, LISI, LIUYANG, QIANFANG_ZJ, SUNQIANG, WANGFANG, WUXIA, ZHANGWEI,
                                   ZHAOMIN, ZHENGLEI, ZHOUJIE, session, sign_in, start_hub, wait_final)
-from tests.support.settlement import wait_for
+from tests.support.waiting import wait_until
 
 CAL = load_calendar()
 D = date.fromisoformat
@@ -156,10 +156,8 @@ def test_one_at_a_time_cancel_and_later_409(portal, sims):
     sims.set_faults("SH", maintenance=True, retry_after=1)  # the destination does not answer
     with session(portal.url, LISI) as me:
         first = apply(me, "310118")
-        deadline = time.monotonic() + 20
-        while me.get(f"/api/me/transfers/{first['id']}").json()["steps"][1]["status"] != "done":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(lambda: me.get(f"/api/me/transfers/{first['id']}").json()["steps"][1]["status"] == "done",
+                   20, "step 4102 done", every=0.1)
         second = me.post("/api/me/transfers", json={"to_admdvs": "320509", "insutype": "310"})
         assert second.status_code == 409 and second.json()["error"]["code"] == "TRANSFER_IN_PROGRESS"
         cancelled = me.post(f"/api/me/transfers/{first['id']}/cancel", json={})
@@ -235,10 +233,7 @@ def test_hub_restart_between_steps_resumes(database_url, db, sims):
     with session(hub.url, LISI) as me:
         sims.set_faults("ZJ", drop_answer_rate=1.0)
         created = apply(me, "310118")
-        deadline = time.monotonic() + 20
-        while len(sims.received("ZJ", "4101")) < 3:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: len(sims.received("ZJ", "4101")) >= 3, 20, "three 4101s", every=0.05)
         assert me.get(f"/api/me/transfers/{created['id']}").json()["status"] == "in_progress"
     hub.stop()
     sims.clear_faults()
@@ -278,7 +273,7 @@ def test_faults_and_restart_every_transfer_ends_and_nobody_is_lost(database_url,
     for client, (person, to, insutype) in zip(clients, CAST):
         ids[person[2]] = apply(client, to, insutype)["id"]
     # mid-flight: some transfers are between steps, some steps in doubt
-    wait_for(lambda: sum(len(sims.received(p, "4101")) for p in ("SH", "JS", "ZJ")) >= 4, timeout=30)
+    wait_until(lambda: sum(len(sims.received(p, "4101")) for p in ("SH", "JS", "ZJ")) >= 4, 30, "four 4101s")
     hub.stop()
     unfinished = unfinished_transfers(database_url)
     assert unfinished >= 4  # the restart really falls between steps
@@ -287,7 +282,8 @@ def test_faults_and_restart_every_transfer_ends_and_nobody_is_lost(database_url,
     sent = sum(len(sims.received(p)) for p in ("SH", "JS", "ZJ"))
     hub = start_hub(database_url, sims)
     try:  # the restarted hub meets the faults too, then the platforms recover
-        wait_for(lambda: sum(len(sims.received(p)) for p in ("SH", "JS", "ZJ")) > sent + 3, timeout=30)
+        wait_until(lambda: sum(len(sims.received(p)) for p in ("SH", "JS", "ZJ")) > sent + 3, 30,
+                   "the restarted hub's messages")
         sims.clear_faults()
         finals = {}
         for person, to, insutype in CAST:

@@ -56,15 +56,6 @@ def shub(database_url, engine, db, sims):
     stop_hub(server)
 
 
-def wait_for(condition, timeout: float = 20.0):
-    """The condition's first true value, polled until ``timeout``; AssertionError after it."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "the awaited event did not happen"
-        time.sleep(0.01)
-    return value
-
-
 def poll(client: httpx.Client, setl_id: str, timeout: float = 20.0, until=("settled", "refused", "voided")) -> dict:
     deadline = time.monotonic() + timeout
     while True:
