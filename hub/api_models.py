@@ -95,6 +95,67 @@ class Remap(_Exact):
     errors: list[RerunError]
 
 
+class Reason(_Exact):
+    reason: str
+    count: int
+
+
+class RecordFigures(_Exact):
+    received: int = Field(description="records the answers counted: stored + unchanged + one per rejection")
+    rejected: int
+    top_reasons: list[Reason] = Field(description="the most frequent rejection reasons, at most 5")
+    median_delay_hours: str | None = Field(description="from a visit's start to its arrival (stored "
+                                                       "records); null when none was measured",
+                                           examples=["36.50"])
+
+
+class LookupFigures(_Exact):
+    allowed: int = Field(description="under the treating relationship")
+    refused: int = Field(description="answered 403")
+    emergency: int = Field(description="allowed by X-Emergency-Reason (not also in allowed)")
+
+
+class SettlementFigures(_Exact):
+    settled: int = Field(description="standing settled now")
+    refused: int
+    voided: int
+    amount: str = Field(description="sum of medfee_sumamt of those settled", examples=["1234.50"])
+    refusals: dict[str, int] = Field(description="refused, by code")
+
+
+class TransferFigures(_Exact):
+    completed: int
+    refused: int
+    on_time: int = Field(description="completed with every step done by its deadline")
+
+
+class CorrectionFigures(_Exact):
+    opened: int
+    answered_on_time: int
+    overdue: int
+
+
+class HospitalIndicators(_Exact):
+    records: RecordFigures
+    lookups: LookupFigures
+    settlements: SettlementFigures = Field(description="as the treating hospital")
+    corrections: CorrectionFigures = Field(description="addressed to it")
+
+
+class ProvinceIndicators(HospitalIndicators):
+    settlements: SettlementFigures = Field(description="as the insured place")
+    transfers: TransferFigures = Field(description="as the origin")
+
+
+class Indicators(_Exact):
+    """One month's cooperation indicators (hub-interface.md, "Administrators: cooperation
+    indicators"); with ``Accept: text/csv`` the same as ``party,figure,value`` rows."""
+
+    month: str = Field(examples=["2026-11"])
+    provinces: dict[str, ProvinceIndicators]
+    hospitals: dict[str, HospitalIndicators]
+
+
 def answers(ok: type[BaseModel], *errors: int, description: str = "") -> dict:
     """``responses=`` for a route: ``ok`` for 200, ``ErrorBody`` for each error status."""
     out: dict = {200: {"model": ok, "description": description or ok.__doc__ or "OK"}}

@@ -13,8 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import JSONResponse, Response
 
-from hub import (admin, audit, auth, compression, corrections, errors, fhir_api, hl7_ingest, ingest,
-                 metrics, portal)
+from hub import (admin, admin_pages, audit, auth, compression, corrections, errors, fhir_api,
+                 hl7_ingest, ingest, metrics, portal)
 from settlement import api as settlement_api
 from settlement.platform import PlatformClient
 from settlement.transfer import start_transfers
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(settlement_api.router)
     app.include_router(admin.router)
+    app.include_router(admin_pages.router)
     app.include_router(corrections.router)
     app.include_router(portal.router)
     app.state.starters = [ingest.start_map_pool, start_platform, hl7_ingest.start_mllp,

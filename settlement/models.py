@@ -30,6 +30,9 @@ class Settlement(SQLModel, table=True):
         UniqueConstraint("fixmedins_code", "request_key", name="uq_settlement_request"),
         Index("ix_settlement_state", "state"),
         Index("ix_settlement_setl_date", "setl_date"),
+        # the cooperation indicators read a month by settlement time (or, never sent, creation)
+        Index("ix_settlement_setl_time", "setl_time"),
+        Index("ix_settlement_created", "created_at"),
     )
     setl_id: str = Field(primary_key=True, max_length=40)
     fixmedins_code: str = Field(max_length=20)
