@@ -11,7 +11,8 @@ is a counter kept aside. A month runs in +08:00. What each figure reads:
 - ``settlements``: by settlement time (``setl_time``, +08:00; a settlement refused before any
   2207 has none and counts by the time it was received). ``refused`` is what the caller sees as
   refused (states refused, invalid, reversed), by its code; ``amount`` sums ``medfee_sumamt`` of
-  those that stand settled, in whole fen (exact on both databases).
+  those that stand settled, in whole fen (exact on both databases). Both come from columns the
+  settlement service writes with the JSON they are read from (``settlement.service.figures_of``).
 - ``transfers``: final ones by the time they became final (``updated``), by origin province.
 - ``corrections``: ``opened`` by creation; ``answered_on_time`` by answer time, answered on or
   before the deadline day; ``overdue`` by deadline day: not answered by it (and not withdrawn
@@ -26,13 +27,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, Numeric, and_, case, cast, exists, func, not_, or_, select, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Date, and_, case, cast, exists, func, not_, or_, select, text
 from sqlalchemy.engine import Connection, Engine
 
 from hub.errors import Unprocessable
@@ -111,13 +113,6 @@ def current_month(now: datetime) -> Month:
 # -- SQL pieces that differ by database ------------------------------------------------------------
 
 
-def _json_text(conn: Connection, column, key: str):
-    """A key of a JSON text column, as text."""
-    if conn.dialect.name == "sqlite":
-        return func.json_extract(column, f"$.{key}")
-    return cast(column, JSONB).op("->>")(key)
-
-
 def _cst_day(conn: Connection, column):
     """The day (+08:00) of a stored UTC time, comparable with a ``Date`` column."""
     if conn.dialect.name == "sqlite":
@@ -150,34 +145,50 @@ class Figures:
 
 def compute(engine: Engine, month: Month, today: date | None = None) -> dict[str, Any]:
     """The figures of ``month`` (hub-interface.md's JSON). ``today`` (+08:00) bounds which
-    deadlines have passed (default: now)."""
+    deadlines have passed (default: now). The reads run at once, each on its own connection
+    (the database works on them in parallel; the drivers let go of the GIL meanwhile), and
+    their results are applied in a fixed order."""
     today = today or datetime.now(CST).date()
     figures = Figures(month)
-    with engine.connect() as conn:
-        for section in (_records, _lookups, _settlements, _transfers, _corrections):
-            section(conn, figures, today)
+
+    def fetch(read: Read):
+        with engine.connect() as conn:
+            return read.fetch(conn, month, today)
+
+    with ThreadPoolExecutor(len(READS), thread_name_prefix="indicators") as pool:
+        results = list(pool.map(fetch, READS))
+    for read, result in zip(READS, results):
+        read.apply(figures, result)
     return figures.as_json()
 
 
-def _records(conn: Connection, f: Figures, _today: date) -> None:
-    in_month = A.c.month == f.month.label
-    rows = conn.execute(select(A.c.hospital, A.c.outcome, func.sum(A.c.units))
-                        .where(in_month).group_by(A.c.hospital, A.c.outcome))
+@dataclass(frozen=True)
+class Read:
+    """One read of a month: ``fetch(conn, month, today)`` -> rows, ``apply(figures, rows)``."""
+
+    fetch: Callable[[Connection, Month, date], Any]
+    apply: Callable[[Figures, Any], None]
+
+
+def _record_counts(conn: Connection, month: Month, _today: date) -> list:
+    return conn.execute(select(A.c.hospital, A.c.outcome, func.sum(A.c.units))
+                        .where(A.c.month == month.label).group_by(A.c.hospital, A.c.outcome)).all()
+
+
+def _apply_record_counts(f: Figures, rows: list) -> None:
     for hospital, outcome, units in rows:
         for party in (f.hospitals[hospital], f.province(province_of(hospital))):
             f.add(party, "records", "received", int(units))
             f.add(party, "records", "rejected", int(units) if outcome == "rejected" else 0)
-    _reasons(conn, f)
-    for column, parties in ((A.c.hospital, f.hospitals), (A.c.province, f.provinces)):
-        for party, hours in medians(conn, f.month.label, column).items():
-            if party in parties:
-                parties[party]["records"]["median_delay_hours"] = hours
 
 
-def _reasons(conn: Connection, f: Figures) -> None:
-    rows = conn.execute(select(A.c.hospital, A.c.reason, func.count())
-                        .where(A.c.month == f.month.label, A.c.outcome == "rejected")
-                        .group_by(A.c.hospital, A.c.reason))
+def _reasons(conn: Connection, month: Month, _today: date) -> list:
+    return conn.execute(select(A.c.hospital, A.c.reason, func.count())
+                        .where(A.c.month == month.label, A.c.outcome == "rejected")
+                        .group_by(A.c.hospital, A.c.reason)).all()
+
+
+def _apply_reasons(f: Figures, rows: list) -> None:
     counts: dict[str, Counter] = defaultdict(Counter)
     for hospital, reason, n in rows:
         counts[hospital][reason or ""] += n
@@ -188,6 +199,14 @@ def _reasons(conn: Connection, f: Figures) -> None:
         if party is not None:
             top = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS]
             party["records"]["top_reasons"] = [{"reason": r, "count": n} for r, n in top]
+
+
+def _apply_medians(parties: Callable[[Figures], dict]):
+    def apply(f: Figures, found: dict[str, str]) -> None:
+        for party, hours in found.items():
+            if party in parties(f):
+                parties(f)[party]["records"]["median_delay_hours"] = hours
+    return apply
 
 
 def medians(conn: Connection, month: str, column) -> dict[str, str]:
@@ -207,10 +226,13 @@ def medians(conn: Connection, month: str, column) -> dict[str, str]:
     return out
 
 
-def _lookups(conn: Connection, f: Figures, _today: date) -> None:
-    rows = conn.execute(select(AU.c.party_code, AU.c.purpose, AU.c.outcome, func.count())
-                        .where(LOOKUPS, AU.c.recorded >= f.month.start, AU.c.recorded < f.month.end)
-                        .group_by(AU.c.party_code, AU.c.purpose, AU.c.outcome))
+def _lookups(conn: Connection, month: Month, _today: date) -> list:
+    return conn.execute(select(AU.c.party_code, AU.c.purpose, AU.c.outcome, func.count())
+                        .where(LOOKUPS, AU.c.recorded >= month.start, AU.c.recorded < month.end)
+                        .group_by(AU.c.party_code, AU.c.purpose, AU.c.outcome)).all()
+
+
+def _apply_lookups(f: Figures, rows: list) -> None:
     for hospital, purpose, outcome, n in rows:
         figure = ("refused" if outcome != "allowed" else
                   "emergency" if purpose == "emergency" else "allowed")
@@ -218,22 +240,25 @@ def _lookups(conn: Connection, f: Figures, _today: date) -> None:
             f.add(party, "lookups", figure, n)
 
 
-def _settlements(conn: Connection, f: Figures, _today: date) -> None:
-    code = _json_text(conn, S.c.refusal, "code")
-    fen = cast(func.round(cast(_json_text(conn, S.c.split, "medfee_sumamt"), Numeric) * 100),
-               BigInteger)
-    columns = (S.c.insuplc, S.c.fixmedins_code, S.c.state, case((S.c.state.in_(REFUSED_STATES), code)))
-    timed = (and_(S.c.setl_time >= f"{f.month.first} 00:00:00",
-                  S.c.setl_time < f"{f.month.next_first} 00:00:00"),
-             and_(S.c.setl_time.is_(None), S.c.created_at >= f.month.start,
-                  S.c.created_at < f.month.end))
-    for when in timed:  # two index ranges (an OR of them would read the whole table)
-        rows = conn.execute(select(*columns, func.count(),
-                                   func.sum(case((S.c.state == "settled", fen), else_=0)))
-                            .where(when, S.c.state.in_(SETTLEMENT_STATES)).group_by(*columns))
-        for insured, hospital, state, refusal, n, fen_sum in rows:
-            for party in (f.hospitals[hospital], f.province(insured)):
-                _add_settlements(party, state, refusal, n, int(fen_sum or 0))
+def _settlements(sent: bool):
+    """The settlements of the month by ``setl_time`` (``sent``), or, never sent to a platform,
+    by the time received: two ranges of covering indexes (an OR of them would read the table)."""
+    def fetch(conn: Connection, month: Month, _today: date) -> list:
+        columns = (S.c.insuplc, S.c.fixmedins_code, S.c.state,
+                   case((S.c.state.in_(REFUSED_STATES), S.c.refusal_code)))
+        when = (and_(S.c.setl_time >= f"{month.first} 00:00:00",
+                     S.c.setl_time < f"{month.next_first} 00:00:00") if sent else
+                and_(S.c.created_at >= month.start, S.c.created_at < month.end, S.c.setl_time.is_(None)))
+        fen = func.sum(case((S.c.state == "settled", S.c.medfee_fen), else_=0))
+        return conn.execute(select(*columns, func.count(), fen)
+                            .where(when, S.c.state.in_(SETTLEMENT_STATES)).group_by(*columns)).all()
+    return fetch
+
+
+def _apply_settlements(f: Figures, rows: list) -> None:
+    for insured, hospital, state, refusal, n, fen_sum in rows:
+        for party in (f.hospitals[hospital], f.province(insured)):
+            _add_settlements(party, state, refusal, n, int(fen_sum or 0))
 
 
 def _add_settlements(party: dict | None, state: str, refusal: str | None, n: int, fen: int) -> None:
@@ -248,36 +273,58 @@ def _add_settlements(party: dict | None, state: str, refusal: str | None, n: int
     figures["amount"] = str(Decimal(figures["amount"]) + Decimal(fen) / 100)
 
 
-def _transfers(conn: Connection, f: Figures, _today: date) -> None:
+def _transfers(conn: Connection, month: Month, _today: date) -> list:
     late = exists().where(TS.c.transfer_id == T.c.id, TS.c.status == "done",
                           _cst_day(conn, TS.c.done_at) > TS.c.deadline)
     on_time = func.sum(case((and_(T.c.status == "completed", not_(late)), 1), else_=0))
-    rows = conn.execute(select(T.c.from_admdvs, T.c.status, func.count(), on_time)
+    return conn.execute(select(T.c.from_admdvs, T.c.status, func.count(), on_time)
                         .where(T.c.status.in_(("completed", "refused")),
-                               T.c.updated >= f.month.start, T.c.updated < f.month.end)
-                        .group_by(T.c.from_admdvs, T.c.status))
+                               T.c.updated >= month.start, T.c.updated < month.end)
+                        .group_by(T.c.from_admdvs, T.c.status)).all()
+
+
+def _apply_transfers(f: Figures, rows: list) -> None:
     for origin, status, n, timely in rows:
         party = f.province(province_of(origin))
         f.add(party, "transfers", status, n)
         f.add(party, "transfers", "on_time", int(timely or 0))
 
 
-def _corrections(conn: Connection, f: Figures, today: date) -> None:
+def _corrections(conn: Connection, month: Month, today: date) -> list:
     answered_day, withdrawn_day = _cst_day(conn, C.c.answered), _cst_day(conn, C.c.withdrawn)
     queries = {
-        "opened": and_(C.c.created >= f.month.start, C.c.created < f.month.end),
-        "answered_on_time": and_(C.c.answered >= f.month.start, C.c.answered < f.month.end,
+        "opened": and_(C.c.created >= month.start, C.c.created < month.end),
+        "answered_on_time": and_(C.c.answered >= month.start, C.c.answered < month.end,
                                  answered_day <= C.c.deadline),
-        "overdue": and_(C.c.deadline >= f.month.first, C.c.deadline < f.month.next_first,
+        "overdue": and_(C.c.deadline >= month.first, C.c.deadline < month.next_first,
                         C.c.deadline < today,
                         or_(C.c.answered.is_(None), answered_day > C.c.deadline),
                         or_(C.c.withdrawn.is_(None), withdrawn_day > C.c.deadline)),
     }
-    for figure, where in queries.items():
-        rows = conn.execute(select(C.c.hospital, func.count()).where(where).group_by(C.c.hospital))
-        for hospital, n in rows:
-            for party in (f.hospitals[hospital], f.province(province_of(hospital))):
-                f.add(party, "corrections", figure, n)
+    return [(figure, hospital, n) for figure, where in queries.items()
+            for hospital, n in conn.execute(select(C.c.hospital, func.count()).where(where)
+                                            .group_by(C.c.hospital))]
+
+
+def _apply_corrections(f: Figures, rows: list) -> None:
+    for figure, hospital, n in rows:
+        for party in (f.hospitals[hospital], f.province(province_of(hospital))):
+            f.add(party, "corrections", figure, n)
+
+
+READS = (
+    Read(_record_counts, _apply_record_counts),
+    Read(_reasons, _apply_reasons),
+    Read(lambda conn, month, _today: medians(conn, month.label, A.c.hospital),
+         _apply_medians(lambda f: f.hospitals)),
+    Read(lambda conn, month, _today: medians(conn, month.label, A.c.province),
+         _apply_medians(lambda f: f.provinces)),
+    Read(_lookups, _apply_lookups),
+    Read(_settlements(sent=True), _apply_settlements),
+    Read(_settlements(sent=False), _apply_settlements),
+    Read(_transfers, _apply_transfers),
+    Read(_corrections, _apply_corrections),
+)
 
 
 # -- CSV -------------------------------------------------------------------------------------------

@@ -15,6 +15,11 @@ branch_labels = None
 depends_on = None
 
 LOOKUPS = sa.text("lookup AND party_kind = 'hospital'")
+# settlements written before: their refusal code and amount in fen, from their JSON
+FILL_SQLITE = ("UPDATE settlement SET refusal_code = json_extract(refusal, '$.code'), "
+               "medfee_fen = CAST(ROUND(json_extract(split, '$.medfee_sumamt') * 100) AS INTEGER)")
+FILL_POSTGRESQL = ("UPDATE settlement SET refusal_code = CAST(refusal AS JSON) ->> 'code', "
+                   "medfee_fen = CAST(ROUND(CAST(CAST(split AS JSON) ->> 'medfee_sumamt' AS NUMERIC) * 100) AS BIGINT)")
 
 
 def upgrade() -> None:
@@ -40,11 +45,18 @@ def upgrade() -> None:
     op.add_column('audit_event', sa.Column('lookup', sa.Boolean(), nullable=False,
                                            server_default=sa.false()))
     with op.batch_alter_table('audit_event') as batch_op:
-        batch_op.create_index('ix_audit_lookups', ['recorded', 'party_code', 'purpose', 'outcome'],
+        batch_op.create_index('ix_audit_lookups', ['recorded', 'party_code', 'purpose', 'outcome',
+                                                   'party_kind', 'lookup'],
                               sqlite_where=LOOKUPS, postgresql_where=LOOKUPS)
     with op.batch_alter_table('settlement') as batch_op:
-        batch_op.create_index('ix_settlement_setl_time', ['setl_time'])
-        batch_op.create_index('ix_settlement_created', ['created_at'])
+        batch_op.add_column(sa.Column('refusal_code', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True))
+        batch_op.add_column(sa.Column('medfee_fen', sa.BigInteger(), nullable=True))
+    op.execute(FILL_SQLITE if op.get_bind().dialect.name == 'sqlite' else FILL_POSTGRESQL)
+    with op.batch_alter_table('settlement') as batch_op:
+        batch_op.create_index('ix_settlement_month', ['setl_time', 'state', 'insuplc', 'fixmedins_code',
+                                                      'refusal_code', 'medfee_fen'])
+        batch_op.create_index('ix_settlement_unsent', ['created_at', 'setl_time', 'state', 'insuplc',
+                                                       'fixmedins_code', 'refusal_code'])
     op.create_table('admin_session',
     sa.Column('id_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('csrf', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -59,8 +71,10 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table('admin_session')
     with op.batch_alter_table('settlement') as batch_op:
-        batch_op.drop_index('ix_settlement_created')
-        batch_op.drop_index('ix_settlement_setl_time')
+        batch_op.drop_index('ix_settlement_unsent')
+        batch_op.drop_index('ix_settlement_month')
+        batch_op.drop_column('medfee_fen')
+        batch_op.drop_column('refusal_code')
     with op.batch_alter_table('audit_event') as batch_op:
         batch_op.drop_index('ix_audit_lookups')
         batch_op.drop_column('lookup')
