@@ -170,16 +170,30 @@ class Read:
     apply: Callable[[Figures, Any], None]
 
 
-def _record_counts(conn: Connection, month: Month, _today: date) -> list:
-    return conn.execute(select(A.c.hospital, A.c.outcome, func.sum(A.c.units))
+def _records(conn: Connection, month: Month, _today: date) -> tuple[list, dict, dict]:
+    """Per hospital and outcome: units, and how many delays were measured (one pass over a
+    covering index); then the medians of hospitals and provinces from those counts."""
+    rows = conn.execute(select(A.c.hospital, A.c.outcome, func.sum(A.c.units), func.count(A.c.delay_s))
                         .where(A.c.month == month.label).group_by(A.c.hospital, A.c.outcome)).all()
+    by_hospital: Counter = Counter()
+    by_province: Counter = Counter()
+    for hospital, _outcome, _units, delays in rows:
+        by_hospital[hospital] += delays
+        by_province[province_of(hospital)] += delays
+    return (rows, medians(conn, month.label, A.c.hospital, by_hospital),
+            medians(conn, month.label, A.c.province, by_province))
 
 
-def _apply_record_counts(f: Figures, rows: list) -> None:
-    for hospital, outcome, units in rows:
+def _apply_records(f: Figures, found: tuple[list, dict, dict]) -> None:
+    rows, hospitals, provinces = found
+    for hospital, outcome, units, _delays in rows:
         for party in (f.hospitals[hospital], f.province(province_of(hospital))):
             f.add(party, "records", "received", int(units))
             f.add(party, "records", "rejected", int(units) if outcome == "rejected" else 0)
+    for parties, hours in ((f.hospitals, hospitals), (f.provinces, provinces)):
+        for party, median in hours.items():
+            if party in parties:
+                parties[party]["records"]["median_delay_hours"] = median
 
 
 def _reasons(conn: Connection, month: Month, _today: date) -> list:
@@ -201,23 +215,16 @@ def _apply_reasons(f: Figures, rows: list) -> None:
             party["records"]["top_reasons"] = [{"reason": r, "count": n} for r, n in top]
 
 
-def _apply_medians(parties: Callable[[Figures], dict]):
-    def apply(f: Figures, found: dict[str, str]) -> None:
-        for party, hours in found.items():
-            if party in parties(f):
-                parties(f)[party]["records"]["median_delay_hours"] = hours
-    return apply
-
-
-def medians(conn: Connection, month: str, column) -> dict[str, str]:
-    """Median delay in hours (two places) per value of ``column`` (hospital or province): the
-    middle of its ordered delays (the mean of the middle two for an even count), read on the
-    index of (month, column, delay) by offset, one short query per party."""
+def medians(conn: Connection, month: str, column, counts: Counter) -> dict[str, str]:
+    """Median delay in hours (two places) per value of ``column`` (hospital or province) with
+    ``counts[value]`` delays measured: the middle of its ordered delays (the mean of the middle
+    two for an even count), read on the index of (month, column, delay) by offset, one short
+    query per party."""
     known = and_(A.c.month == month, A.c.delay_s.is_not(None))
-    counts = conn.execute(select(column, func.count()).where(known, column.is_not(None))
-                          .group_by(column)).all()
     out = {}
-    for party, n in counts:
+    for party, n in counts.items():
+        if not n or party is None:
+            continue
         middle = conn.execute(select(A.c.delay_s).where(known, column == party)
                               .order_by(A.c.delay_s).offset((n - 1) // 2)
                               .limit(2 - n % 2)).scalars().all()
@@ -313,12 +320,8 @@ def _apply_corrections(f: Figures, rows: list) -> None:
 
 
 READS = (
-    Read(_record_counts, _apply_record_counts),
+    Read(_records, _apply_records),
     Read(_reasons, _apply_reasons),
-    Read(lambda conn, month, _today: medians(conn, month.label, A.c.hospital),
-         _apply_medians(lambda f: f.hospitals)),
-    Read(lambda conn, month, _today: medians(conn, month.label, A.c.province),
-         _apply_medians(lambda f: f.provinces)),
     Read(_lookups, _apply_lookups),
     Read(_settlements(sent=True), _apply_settlements),
     Read(_settlements(sent=False), _apply_settlements),

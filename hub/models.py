@@ -252,7 +252,7 @@ class RecordArrival(SQLModel, table=True):
 
     __tablename__ = "record_arrival"
     __table_args__ = (
-        Index("ix_arrival_counts", "month", "hospital", "outcome", "units"),
+        Index("ix_arrival_counts", "month", "hospital", "outcome", "units", "delay_s"),
         Index("ix_arrival_reasons", "month", "outcome", "hospital", "reason"),
         Index("ix_arrival_delay_hospital", "month", "hospital", "delay_s"),
         Index("ix_arrival_delay_province", "month", "province", "delay_s"),

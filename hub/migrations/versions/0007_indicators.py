@@ -37,7 +37,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('record_arrival') as batch_op:
-        batch_op.create_index('ix_arrival_counts', ['month', 'hospital', 'outcome', 'units'])
+        batch_op.create_index('ix_arrival_counts', ['month', 'hospital', 'outcome', 'units', 'delay_s'])
         batch_op.create_index('ix_arrival_reasons', ['month', 'outcome', 'hospital', 'reason'])
         batch_op.create_index('ix_arrival_delay_hospital', ['month', 'hospital', 'delay_s'])
         batch_op.create_index('ix_arrival_delay_province', ['month', 'province', 'delay_s'])
