@@ -212,7 +212,7 @@ def _charts(body: dict, months: list[dict], lagging: list[dict]) -> list[charts.
                              {"opened": "新提出", "answered_on_time": "按时答复", "overdue": "逾期"}),
         charts.trend("trend-records", "近12个月收到记录（条）", months, lambda p: p["records"]["received"]),
         charts.trend("trend-rejection", "近12个月记录退回率（%）", months,
-                     lambda p: float(charts.rejection_rate(p["records"]))),
+                     lambda p: float(charts.rejection_rate(p["records"])), counts=False),
         charts.trend("trend-settled", "近12个月已结算（笔）", months, lambda p: p["settlements"]["settled"]),
     ]
     if lagging:

@@ -42,34 +42,48 @@ def _config(**extra: Any) -> dict[str, Any]:
 
 
 def _uri(chart) -> str:
-    return "data:image/svg+xml;base64," + base64.b64encode(chart.render()).decode()
+    svg = chart.render(is_unicode=True)  # without the XML declaration pygal gives text
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
+
+
+def whole_ticks(values: list) -> list[int]:
+    """Axis labels for counts: whole numbers from 0 past the largest, at most about 10."""
+    top = max([int(v) for v in values if v] + [1])
+    step = max(1, -(-top // 10))
+    return list(range(0, top + step, step))
 
 
 def province_bars(key: str, title: str, body: dict, section: str, series: dict[str, str]) -> Chart:
     """Bars per province of ``section``'s figures named in ``series`` (figure -> label)."""
-    chart = pygal.Bar(**_config(title=title))
+    values = {label: [body["provinces"][p][section][figure] for p in body["provinces"]]
+              for figure, label in series.items()}
+    chart = pygal.Bar(**_config(title=title, y_labels=whole_ticks(sum(values.values(), []))))
     chart.x_labels = [PROVINCE_NAMES[p] for p in body["provinces"]]
-    for figure, label in series.items():
-        chart.add(label, [body["provinces"][p][section][figure] for p in body["provinces"]])
+    for label, numbers in values.items():
+        chart.add(label, numbers)
     return Chart(key, title, _uri(chart))
 
 
-def trend(key: str, title: str, months: list[dict], value) -> Chart:
-    """A line per province over ``months`` (oldest first) of ``value(province figures)``."""
-    chart = pygal.Line(**_config(title=title, x_label_rotation=0, show_minor_x_labels=True))
+def trend(key: str, title: str, months: list[dict], value, counts: bool = True) -> Chart:
+    """A line per province over ``months`` (oldest first) of ``value(province figures)``;
+    ``counts``: whole-number axis labels."""
+    lines = {name: [value(m["provinces"][code]) for m in months] for code, name in PROVINCE_NAMES.items()}
+    extra = {"y_labels": whole_ticks(sum(lines.values(), []))} if counts else {}
+    chart = pygal.Line(**_config(title=title, **extra))
     chart.x_labels = [m["month"][2:] for m in months]
-    for code, name in PROVINCE_NAMES.items():
-        chart.add(name, [value(m["provinces"][code]) for m in months])
+    for name, numbers in lines.items():
+        chart.add(name, numbers)
     return Chart(key, title, _uri(chart))
 
 
 def lagging_bars(key: str, title: str, lagging: list[dict]) -> Chart:
-    """Horizontal bars of the lagging hospitals' rejection rate (percent)."""
+    """Horizontal bars of the lagging hospitals' rejection rate (percent), the most lagging on
+    top (pygal draws the first label at the bottom)."""
     chart = pygal.HorizontalBar(**_config(title=title, height=max(240, 60 + 32 * len(lagging)),
                                           show_legend=False, print_values=True,
                                           value_formatter=lambda v: f"{v:.1f}%"))
-    chart.x_labels = [row["hospital"] for row in lagging]
-    chart.add("退回率", [float(row["rejection_rate"]) for row in lagging])
+    chart.x_labels = [row["hospital"] for row in reversed(lagging)]
+    chart.add("退回率", [float(row["rejection_rate"]) for row in reversed(lagging)])
     return Chart(key, title, _uri(chart))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import httpx
 import pytest
@@ -144,3 +145,34 @@ def test_the_openapi_document_names_the_answer(hub):
         paths = c.get("/openapi.json").json()["paths"]
     answer = paths["/admin/indicators"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert answer["$ref"].endswith("/Indicators")
+
+
+def test_the_page_needs_an_admin_session_with_the_portals_csrf(hub):
+    """Sign-in as the portal's: the form's CSRF cookie (on /admin) must match its field; a
+    token that is not an admin's is 401 and counted by the sign-in guard; a session reaches the
+    page; sign-out needs the session's CSRF and ends it."""
+    html = {"Accept": "text/html"}
+    with httpx.Client(base_url=hub.url, timeout=30, follow_redirects=False) as browser:
+        form = browser.get("/admin/login", params={"month": "2026-11"})
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)[1]
+        assert form.cookies.get("yrd_csrf") == csrf and 'value="2026-11"' in form.text
+        assert "default-src 'self'" in form.headers["content-security-policy"]
+        refused = browser.post("/admin/login", data={"token": hub.token("admin"), "csrf": "forged"})
+        assert refused.status_code == 403 and "yrd_admin" not in refused.cookies
+        wrong = browser.post("/admin/login", data={"token": hub.token("hospital", ZJ_H), "csrf": csrf})
+        assert wrong.status_code == 401 and "不是管理员令牌" in wrong.text
+        signed = browser.post("/admin/login", data={"token": hub.token("admin"), "csrf": csrf, "month": "2026-11"})
+        assert signed.status_code == 303 and signed.headers["location"] == "/admin/indicators?month=2026-11"
+        cookie = signed.headers["set-cookie"]
+        assert "yrd_admin=" in cookie and "HttpOnly" in cookie and "Path=/admin" in cookie and "SameSite=strict" in cookie
+        page = browser.get("/admin/indicators", params={"month": "2026-11"}, headers=html)
+        assert page.status_code == 200 and "2026年11月 区域协同考核评估" in page.text
+        assert page.text.count('<img src="data:image/svg+xml;base64,') == 8  # nothing lags in an empty month
+        assert "img-src 'self' data:" in page.headers["content-security-policy"]
+        bad = browser.get("/admin/indicators", params={"month": "2026-13"}, headers=html)
+        assert bad.status_code == 422 and "yyyy-mm" in bad.text
+        session_csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)[1]
+        assert browser.post("/admin/logout", data={"csrf": "forged"}).status_code == 403
+        assert browser.post("/admin/logout", data={"csrf": session_csrf}).status_code == 303
+        again = browser.get("/admin/indicators", params={"month": "2026-11"}, headers=html)
+        assert again.status_code == 303 and again.headers["location"] == "/admin/login?month=2026-11"
