@@ -91,7 +91,12 @@ def login_page(request: Request, status: int = 200, message: str | None = None,
 
 @router.get("/login", include_in_schema=False)
 def get_login(request: Request, month: str = "") -> Response:
-    return login_page(request, month=month if _MONTH_FIELD.match(month) else "")
+    return login_page(request, month=_month_field(month))
+
+
+def _month_field(value: Any) -> str:
+    """A ``month`` carried through the sign-in, kept only when shaped ``yyyy-mm``."""
+    return value if isinstance(value, str) and _MONTH_FIELD.match(value) else ""
 
 
 @router.post("/login", include_in_schema=False)
@@ -99,10 +104,23 @@ async def post_login(request: Request) -> Response:
     """303 to the indicators with a session; 401 (not an admin token), 403 (the form's CSRF),
     429 with ``Retry-After`` while failures are bounded (the portal's guard)."""
     form = dict(await request.form())
-    token, month = str(form.get("token") or "").strip(), str(form.get("month") or "")
-    month = month if _MONTH_FIELD.match(month) else ""
+    token, month = str(form.get("token") or "").strip(), _month_field(form.get("month"))
     if not sessions.same_token(request.cookies.get(sessions.CSRF_COOKIE), form.get("csrf")):
         return login_page(request, 403, "页面已过期，请重新输入后再登录。", month)
+    refused = await _refused(request, token, month)
+    if refused is not None:
+        return refused
+    hours = request.app.state.settings.session_hours
+    cookie = await run_in_threadpool(open_session, request.app.state.engine, hours)
+    response = RedirectResponse(f"/admin/indicators{'?month=' + month if month else ''}", 303,
+                                headers=HEADERS)
+    sessions.set_session_cookie(response, request, cookie, hours, COOKIE, "/admin")
+    return response
+
+
+async def _refused(request: Request, token: str, month: str) -> Response | None:
+    """The answer to a token that may not sign in (429 while bounded, else 401, counted), or
+    None for an administrator's."""
     state, address = request.app.state, request.client.host if request.client else "unknown"
     wait = await run_in_threadpool(state.sign_in_guard.retry_after, address, token)
     if wait is not None:
@@ -110,15 +128,11 @@ async def post_login(request: Request) -> Response:
         response.headers["Retry-After"] = str(wait)
         return response
     party = await run_in_threadpool(auth.lookup, state.engine, token) if token else None
-    if party is None or party.kind != "admin":
-        if token:
-            await run_in_threadpool(state.sign_in_guard.failed, address, token)
-        return login_page(request, 401, "令牌无效，或不是管理员令牌。", month)
-    cookie = await run_in_threadpool(open_session, state.engine, state.settings.session_hours)
-    response = RedirectResponse(f"/admin/indicators{'?month=' + month if month else ''}", 303,
-                                headers=HEADERS)
-    sessions.set_session_cookie(response, request, cookie, state.settings.session_hours, COOKIE, "/admin")
-    return response
+    if party is not None and party.kind == "admin":
+        return None
+    if token:
+        await run_in_threadpool(state.sign_in_guard.failed, address, token)
+    return login_page(request, 401, "令牌无效，或不是管理员令牌。", month)
 
 
 @router.post("/logout", include_in_schema=False)
@@ -127,8 +141,8 @@ async def post_logout(request: Request) -> Response:
     if session is not None:
         form = dict(await request.form())
         if not sessions.same_token(session.csrf, form.get("csrf")):
-            return render(request, "admin_message.html", {"title": "页面已过期",
-                          "message": "本次提交未被接受（页面已过期或来源不明），请返回后重试。"}, 403)
+            return render(request, "admin_message.html", {
+                "title": "页面已过期", "message": "本次提交未被接受（页面已过期或来源不明），请返回后重试。"}, 403)
         with writer(request.app.state.engine).begin() as conn:
             conn.execute(delete(AdminSession).where(AdminSession.id_hash == session.id_hash))
     response = RedirectResponse("/admin/login", 303, headers=HEADERS)
@@ -178,8 +192,8 @@ def _csv(body: dict) -> str:
 async def _page(request: Request, month_text: str | None) -> Response:
     session = await run_in_threadpool(current, request)
     if session is None:
-        target = f"/admin/login?month={month_text}" if month_text and _MONTH_FIELD.match(month_text) else "/admin/login"
-        return RedirectResponse(target, 303, headers=HEADERS)
+        month = _month_field(month_text)
+        return RedirectResponse(f"/admin/login{'?month=' + month if month else ''}", 303, headers=HEADERS)
     try:
         month = _month(month_text)
     except HubError as exc:
