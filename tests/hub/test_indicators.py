@@ -176,3 +176,32 @@ def test_the_page_needs_an_admin_session_with_the_portals_csrf(hub):
         assert browser.post("/admin/logout", data={"csrf": session_csrf}).status_code == 303
         again = browser.get("/admin/indicators", params={"month": "2026-11"}, headers=html)
         assert again.status_code == 303 and again.headers["location"] == "/admin/login?month=2026-11"
+
+
+def test_months_run_in_beijing_time_and_back_across_years():
+    from datetime import datetime, timezone
+
+    from hub.indicators import current_month, parse_month
+
+    november = parse_month("2026-11")
+    assert november.start == datetime(2026, 10, 31, 16, tzinfo=timezone.utc)
+    assert november.end == datetime(2026, 11, 30, 16, tzinfo=timezone.utc)
+    assert [november.back(n).label for n in (0, 10, 11, 12, 23)] == ["2026-11", "2026-01", "2025-12", "2025-11",
+                                                                     "2024-12"]
+    assert current_month(datetime(2026, 11, 30, 16, 0, tzinfo=timezone.utc)).label == "2026-12"
+    assert current_month(datetime(2026, 11, 30, 15, 59, tzinfo=timezone.utc)).label == "2026-11"
+
+
+def test_a_visit_starts_at_its_encounter_else_its_earliest_report():
+    from hub.arrivals import visit_start
+    from mappers.common import Record
+
+    def record(*resources):
+        return Record("k", ZJ_H, {}, list(resources))
+
+    encounter = {"resourceType": "Encounter", "period": {"start": "2026-11-02T09:30:00+08:00"}}
+    report = {"resourceType": "DiagnosticReport", "effectiveDateTime": "2026-11-01T08:00:00+08:00"}
+    assert visit_start(record(report, encounter)).isoformat() == "2026-11-02T09:30:00+08:00"
+    assert visit_start(record(report, {**report, "effectiveDateTime": "2026-10-31"})).isoformat() == \
+        "2026-10-31T00:00:00+08:00"
+    assert visit_start(record({"resourceType": "Patient"}, {"resourceType": "Encounter"})) is None
