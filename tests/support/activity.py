@@ -73,13 +73,25 @@ class Driver:
         self.activity.rejected[hospital] = self.activity.rejected.get(hospital, 0) + (ack != "AA")
 
 
+def other_patient(when: datetime) -> bytes:
+    """ZJ_H's visit of another person (吴霞), so that a search across its patients shows two."""
+    doc = json.loads(zj_visit(when, extra_diagnosis=False))
+    visit = doc["jzjl"][0]
+    visit["jzlsh"] = "MZ20240315000999"
+    visit["hzxx"].update(xm="吴霞", xb="2", csrq="20010509", zjhm="330106200105090062", ybkh="A33010600012345",
+                         cbd="330106")
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
 def send_records(d: Driver) -> None:
-    """ZJ JSON (a visit 48 h old, sent twice; the quirks file with rejections), SH HL7 (visits
+    """ZJ JSON (李四's visit 48 h old, sent twice; 吴霞's 24 h old; the quirks file with
+    rejections), SH HL7 (visits
     3 h and 5 h old; a message answered AE), JS CDA (an older version after a newer: rejected),
     AH CSV (the quirks file with rejections)."""
     visit = zj_visit(d.now - timedelta(hours=48))
     for _ in range(2):  # the second time unchanged
         d.activity.count(ZJ_H, d.post(ZJ_H, "/ingest/zj", content=visit).json())
+    d.activity.count(ZJ_H, d.post(ZJ_H, "/ingest/zj", content=other_patient(d.now - timedelta(hours=24))).json())
     quirks = d.post(ZJ_QUIRKS, "/ingest/zj", content=(FIXTURES / "zj" / "upload_quirks.json").read_bytes())
     assert quirks.json()["rejected"]
     d.activity.count(ZJ_QUIRKS, quirks.json())
@@ -102,8 +114,8 @@ def patient_id(d: Driver) -> str:
 
 
 def read_records(d: Driver) -> None:
-    """ZJ_H (treating 李四): $everything, a search pinned to her, a search across its patients
-    (allowed: 3). OTHER (not treating): $everything refused (403), then with an emergency reason
+    """ZJ_H (treating 李四 and 吴霞): $everything, a search pinned to 李四, a search across its
+    patients showing both (allowed: 3 requests, 4 audit rows). OTHER (not treating): $everything refused (403), then with an emergency reason
     (emergency: 1). A read of a hospital (nobody's data) counts nothing."""
     pid = patient_id(d)
     with d.client(ZJ_H) as zj:
