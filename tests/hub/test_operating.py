@@ -11,7 +11,7 @@ import structlog
 
 from hub import logs
 from mappers.common import RESIDENT_ID_SYSTEM
-from tests.conftest import FIXTURES
+from tests.support.common import FIXTURES
 from tests.support.waiting import wait_until
 
 RID = "33042119850412002X"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from mappers import anhui_csv, jiangsu_cda, shanghai_hl7v2, zhejiang_json
-from mappers.common import MapResult, Record, UnreadableUpload, validate
-from tests.conftest import FIXTURES, PEERS
+from mappers.common import Record, UnreadableUpload, validate
+from tests.support.common import FIXTURES, PEERS
 from tests.support.references import hospital_code_problems, organization_references
 
 _CUSTODIAN_RE = re.compile(rb"<representedCustodianOrganization>\s*<id [^>]*extension=\"(H\d+)\"")
