@@ -1,0 +1,203 @@
+"""Run-time validation of every resource the mappers build: the official FHIR R4 (4.0.1) JSON
+schema, compiled with ``jsonschema-rs``, plus the R4 rules that schema cannot state.
+
+The schema is ``fhir.schema.json`` from https://hl7.org/fhir/R4/fhir.schema.json.zip (FHIR R4
+4.0.1, Technical Correction #1; its ``id`` is ``http://hl7.org/fhir/json-schema/4.0``; HL7's
+specification licence is CC0), vendored byte for byte as ``data/fhir.schema.json.gz``
+(``data/README.md`` gives its SHA-256 and how the bytes were checked).
+
+What is checked, on top of the schema as HL7 publishes it (added to the in-memory copy only):
+
+- ``REQUIRED``: the elements R4 makes mandatory (min 1) that the schema leaves out. The schema
+  generator omits ``required`` for primitives (``Observation.status`` may legally be given as
+  ``_status`` with only an extension) and for choices (``medication[x]``); here either form
+  satisfies the rule, as in R4. The table lists them for the types the hub serves
+  (``hub.search.PARAMS``), their backbone elements and the data types they use.
+- Real dates: every ``date``, ``dateTime`` and ``instant`` (the primitives and the inline
+  ``...DateTime`` choices) must name a day that exists (``2026-02-30`` is refused) and a second
+  60 only at 23:59:60 UTC (where leap seconds go). The schema's patterns already refuse hours,
+  minutes and zone offsets out of range, and a time without a zone.
+
+Failure: ``R4Error`` (an ``InvalidValue``), its text ``<Type>.<element path>: <why>`` for the
+first problem found, e.g. ``Observation.status: 'bogus' is not one of 'registered', ...``; a
+resource with an unknown ``resourceType`` is refused the same way.
+
+Cost: the schema loads (gzip + orjson) in ~40 ms and each resource type's validator compiles in
+~40 ms, once per process, on first use (``validator_for``; the mappers run in worker processes,
+so each process pays this for the types it sees). ``bench/validation_rate.py`` measures the rate.
+"""
+
+from __future__ import annotations
+
+import gzip
+from datetime import date, datetime, timezone
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mappers.common import InvalidValue
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "data" / "fhir.schema.json.gz"
+SCHEMA_ID = "http://hl7.org/fhir/json-schema/4.0"
+
+# R4 4.0.1 elements with min 1 that the JSON schema does not require, by schema definition
+# (``Type`` or ``Type_Backbone``). ``name[x]``: any one choice of the element. Same cardinalities
+# in R4B for these definitions.
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "Observation": ("status",),
+    "DiagnosticReport": ("status",),
+    "Encounter": ("status",),
+    "Encounter_StatusHistory": ("status",),
+    "ImagingStudy": ("status",),
+    "ImagingStudy_Series": ("uid",),
+    "ImagingStudy_Instance": ("uid",),
+    "MedicationRequest": ("status", "intent", "medication[x]"),
+    "MedicationRequest_Substitution": ("allowed[x]",),
+    "Patient_Link": ("type",),
+    "Extension": ("url",),
+    "Narrative": ("status",),
+    "Annotation": ("text",),
+    "SampledData": ("period", "dimensions"),
+}
+
+# The primitive definitions whose values must be real calendar dates, by their schema pattern
+# (choices such as ``Observation.effectiveDateTime`` repeat the pattern inline, without a $ref).
+DATE_TYPES = ("date", "dateTime", "instant")
+
+
+MISSING = "required (min 1 in R4) but missing"
+HINTS = {"dateTime": " (a time needs seconds and a zone, e.g. 2026-01-05T08:30:00+08:00)",
+         "instant": " (a date, a time with seconds and a zone)"}
+
+
+class R4Error(InvalidValue):
+    """A resource that is not valid FHIR R4; ``str(exc)`` names the element and why."""
+
+
+def validate(resource: dict[str, Any]) -> None:
+    """Raise R4Error for the first problem in ``resource`` (a FHIR R4 resource as a dict)."""
+    res_type = resource.get("resourceType") if isinstance(resource, dict) else None
+    validator = validator_for(res_type) if isinstance(res_type, str) else None
+    if validator is None:
+        raise R4Error(f"resourceType: {res_type!r} is not a FHIR R4 resource type")
+    if validator.is_valid(resource):
+        return
+    error = next(iter(validator.iter_errors(resource)))
+    raise R4Error(_describe(res_type, error))
+
+
+@cache
+def validator_for(res_type: str):
+    """The compiled validator of one resource type (None for a type R4 lacks); built once per
+    process, on first use, against the shared registry of the whole schema."""
+    import jsonschema_rs
+
+    registry, _, types = _registry()
+    if res_type not in types:
+        return None
+    return jsonschema_rs.Draft6Validator(
+        {"$ref": f"{SCHEMA_ID}#/definitions/{res_type}"}, registry=registry,
+        keywords={"fhir-required": _Required},
+        formats={f"fhir-{t}": _real_date for t in DATE_TYPES}, validate_formats=True)
+
+
+@cache
+def _registry():
+    """The registry holding the whole schema (with the added rules), each primitive's pattern ->
+    the primitive's name (for messages), and the resource types (the schema's discriminator)."""
+    import jsonschema_rs
+
+    schema = load_schema()
+    _add_rules(schema)
+    names = {d["pattern"]: name for name, d in schema["definitions"].items() if "pattern" in d}
+    types = frozenset(schema["discriminator"]["mapping"])
+    return jsonschema_rs.Registry([(SCHEMA_ID, schema)]), names, types
+
+
+def load_schema() -> dict[str, Any]:
+    """The official schema as published (a new dict on every call)."""
+    return orjson.loads(gzip.decompress(SCHEMA_PATH.read_bytes()))
+
+
+def _add_rules(schema: dict[str, Any]) -> None:
+    """Put ``REQUIRED`` and the real-date formats into the in-memory schema."""
+    definitions = schema["definitions"]
+    for name, elements in REQUIRED.items():
+        definitions[name]["fhir-required"] = list(elements)
+    patterns = {definitions[t]["pattern"]: f"fhir-{t}" for t in DATE_TYPES}
+    for definition in definitions.values():
+        for sub in [definition, *definition.get("properties", {}).values()]:
+            for node in (sub, sub.get("items") or {}):
+                if node.get("pattern") in patterns:
+                    node["format"] = patterns[node["pattern"]]
+
+
+class _Required:
+    """The ``fhir-required`` keyword: each listed element present as a value, as ``_element``
+    (an extension only), or, for ``name[x]``, as any one of its choices."""
+
+    def __init__(self, parent_schema: dict, value: list[str], schema_path: list) -> None:
+        properties = parent_schema.get("properties", {})
+        self.rules = [(name, _forms(name, properties)) for name in value]
+
+    def validate(self, instance: Any) -> None:
+        if not isinstance(instance, dict):
+            return
+        for name, forms in self.rules:
+            if not any(form in instance for form in forms):
+                raise ValueError(f"{name}: {MISSING}")
+
+
+def _forms(name: str, properties: dict) -> tuple[str, ...]:
+    if name.endswith("[x]"):
+        stem = name[:-3]
+        return tuple(p for p in properties
+                     if p.startswith(stem) and p[len(stem):len(stem) + 1].isupper())
+    return (name, f"_{name}")
+
+
+def _real_date(text: str) -> bool:
+    """False for a date/dateTime/instant naming a day or leap second that does not exist; True
+    for anything else (shapes the pattern refuses are the pattern's to report)."""
+    if len(text) < 10 or text[4] != "-" or text[7] != "-":
+        return True
+    try:
+        date(int(text[:4]), int(text[5:7]), int(text[8:10]))
+    except ValueError:
+        return False
+    if text[17:19] != "60":
+        return True
+    # A leap second is the 61st second of the last minute of a UTC day.
+    try:
+        moment = datetime.fromisoformat(f"{text[:17]}59{_zone(text[19:])}")
+    except ValueError:
+        return True
+    return moment.astimezone(timezone.utc).strftime("%H:%M") == "23:59"
+
+
+def _zone(tail: str) -> str:
+    """The zone at the end of what follows the seconds (``.123+08:00`` -> ``+08:00``)."""
+    for mark in ("Z", "+", "-"):
+        if mark in tail:
+            return tail[tail.index(mark):].replace("Z", "+00:00")
+    return ""
+
+
+def _describe(res_type: str, error: Any) -> str:
+    """``Type.path: why`` for one jsonschema-rs error (list indexes as ``[i]``)."""
+    path = res_type + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                              for p in error.instance_path)
+    kind = type(error.kind).__name__
+    if kind == "Format":
+        return (f"{path}: {error.instance!r} is not a real {error.kind.format[5:]} (no such day, "
+                "or a leap second not at 23:59:60 UTC)")
+    if kind == "Pattern":
+        primitive = _registry()[1].get(error.kind.pattern, "value")
+        return f"{path}: {error.instance!r} is not a valid R4 {primitive}{HINTS.get(primitive, '')}"
+    if kind == "Required":
+        return f"{path}.{error.kind.property}: {MISSING}"
+    if kind == "Custom":
+        return f"{path}.{error.message}"
+    return f"{path}: {error.message}"
