@@ -13,16 +13,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fhir.resources.R4B import get_fhir_model_class  # noqa: E402
+from fhir.resources.R4B import get_fhir_model_class
 
-from bench.ingest_formats import oru  # noqa: E402
-from mappers import shanghai_hl7v2 as sh  # noqa: E402
-from mappers import validation  # noqa: E402
+from bench.ingest_formats import oru
+from mappers import shanghai_hl7v2 as sh
+from mappers import validation
 
 
 def _resources(messages: int) -> list[dict]:

@@ -12,7 +12,11 @@ What is checked, on top of the schema as HL7 publishes it (added to the in-memor
   generator omits ``required`` for primitives (``Observation.status`` may legally be given as
   ``_status`` with only an extension) and for choices (``medication[x]``); here either form
   satisfies the rule, as in R4. The table lists them for the types the hub serves
-  (``hub.search.PARAMS``), their backbone elements and the data types they use.
+  (``hub.search.PARAMS``) and every definition they reach: their backbone elements and the data
+  types they use (those an extension's ``value[x]`` may hold included).
+- Complex types are JSON objects: the official schema gives none of its 659 complex definitions
+  a ``type``, so ``"code": "GLU"`` or ``"subject": "Patient/1"`` passes it (``properties`` and
+  ``additionalProperties`` only constrain objects); here each gets ``"type": "object"``.
 - Real dates: every ``date``, ``dateTime`` and ``instant`` (the primitives and the inline
   ``...DateTime`` choices) must name a day that exists (``2026-02-30`` is refused) and a second
   60 only at 23:59:60 UTC (where leap seconds go). The schema's patterns already refuse hours,
@@ -30,7 +34,7 @@ so each process pays this for the types it sees). ``bench/validation_rate.py`` m
 from __future__ import annotations
 
 import gzip
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -43,8 +47,8 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "data" / "fhir.schema.json.gz"
 SCHEMA_ID = "http://hl7.org/fhir/json-schema/4.0"
 
 # R4 4.0.1 elements with min 1 that the JSON schema does not require, by schema definition
-# (``Type`` or ``Type_Backbone``). ``name[x]``: any one choice of the element. Same cardinalities
-# in R4B for these definitions.
+# (``Type`` or ``Type_Backbone``), for the served types and every definition they reach (the test
+# walks them beside fhir.resources' models). ``name[x]``: any one choice of the element.
 REQUIRED: dict[str, tuple[str, ...]] = {
     "Observation": ("status",),
     "DiagnosticReport": ("status",),
@@ -56,10 +60,20 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "MedicationRequest": ("status", "intent", "medication[x]"),
     "MedicationRequest_Substitution": ("allowed[x]",),
     "Patient_Link": ("type",),
+    # Data types they use, directly or as an extension's value[x]
     "Extension": ("url",),
     "Narrative": ("status",),
     "Annotation": ("text",),
     "SampledData": ("period", "dimensions"),
+    "Signature": ("when",),
+    "UsageContext": ("value[x]",),
+    "TriggerDefinition": ("type",),
+    "Expression": ("language",),
+    "DataRequirement": ("type",),
+    "DataRequirement_Sort": ("path", "direction"),
+    "RelatedArtifact": ("type",),
+    "ParameterDefinition": ("use", "type"),
+    "Contributor": ("type", "name"),
 }
 
 # The primitive definitions whose values must be real calendar dates, by their schema pattern
@@ -68,8 +82,10 @@ DATE_TYPES = ("date", "dateTime", "instant")
 
 
 MISSING = "required (min 1 in R4) but missing"
-HINTS = {"dateTime": " (a time needs seconds and a zone, e.g. 2026-01-05T08:30:00+08:00)",
-         "instant": " (a date, a time with seconds and a zone)"}
+HINTS = {"date": " (YYYY, YYYY-MM or YYYY-MM-DD)",
+         "dateTime": " (YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss with a zone, Z or "
+                     "+hh:mm up to 14:00)",
+         "instant": " (YYYY-MM-DDThh:mm:ss with a zone, Z or +hh:mm up to 14:00)"}
 
 
 class R4Error(InvalidValue):
@@ -128,11 +144,14 @@ def load_schema() -> dict[str, Any]:
 
 
 def _add_rules(schema: dict[str, Any]) -> dict[tuple[str, ...], str]:
-    """Put ``REQUIRED`` (as ``allOf`` of ``anyOf`` of ``required``: checked in Rust, unlike a
-    custom keyword, which calls back into Python on every instance) and the real-date formats
-    into the in-memory schema (which has no ``allOf``/``anyOf`` of its own). Returns the
-    required alternatives -> the element's name, for messages."""
+    """Into the in-memory schema (which has no ``allOf``/``anyOf`` of its own): every complex type
+    an object; ``REQUIRED`` as ``allOf`` of ``anyOf`` of ``required`` (checked in Rust, unlike a
+    custom keyword, which calls back into Python on every instance); the real-date formats.
+    Returns the required alternatives -> the element's name, for messages."""
     definitions, names = schema["definitions"], {}
+    for definition in definitions.values():
+        if "properties" in definition:
+            definition.setdefault("type", "object")
     for definition, elements in REQUIRED.items():
         rules = definitions[definition]["allOf"] = []
         for element in elements:
@@ -173,7 +192,7 @@ def _real_date(text: str) -> bool:
         moment = datetime.fromisoformat(f"{text[:17]}59{_zone(text[19:])}")
     except ValueError:
         return True
-    return moment.astimezone(timezone.utc).strftime("%H:%M") == "23:59"
+    return moment.astimezone(UTC).strftime("%H:%M") == "23:59"
 
 
 def _zone(tail: str) -> str:
@@ -195,6 +214,8 @@ def _describe(res_type: str, error: Any) -> str:
     if kind == "Pattern":
         primitive = _compiled().patterns.get(error.kind.pattern, "value")
         return f"{path}: {error.instance!r} is not a valid R4 {primitive}{HINTS.get(primitive, '')}"
+    if kind == "AdditionalProperties":
+        return f"{path}.{error.kind.unexpected[0]}: not an element of this type in R4"
     if kind == "Enum":
         return f"{path}: {error.instance!r} is not one of {', '.join(error.kind.options)} (R4 code)"
     if kind == "Required":

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from mappers import anhui_csv, jiangsu_cda, shanghai_hl7v2, zhejiang_json
 from mappers.common import Record, UnreadableUpload
