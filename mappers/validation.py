@@ -17,6 +17,9 @@ What is checked, on top of the schema as HL7 publishes it (added to the in-memor
 - Complex types are JSON objects: the official schema gives none of its 659 complex definitions
   a ``type``, so ``"code": "GLU"`` or ``"subject": "Patient/1"`` passes it (``properties`` and
   ``additionalProperties`` only constrain objects); here each gets ``"type": "object"``.
+- Integers are integers: ``integer``, ``positiveInt`` and ``unsignedInt`` are ``"type":
+  "number"`` with a pattern, which does not apply to numbers (1.5 or 0 pass as a positiveInt);
+  here they get ``"type": "integer"`` and R4's bounds (``PRIMITIVES``).
 - Real dates: every ``date``, ``dateTime`` and ``instant`` (the primitives and the inline
   ``...DateTime`` choices) must name a day that exists (``2026-02-30`` is refused) and a second
   60 only at 23:59:60 UTC (where leap seconds go). The schema's patterns already refuse hours,
@@ -84,6 +87,16 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 # (choices such as ``Observation.effectiveDateTime`` repeat the pattern inline, without a $ref).
 DATE_TYPES = ("date", "dateTime", "instant")
 
+# What the schema's primitives leave out, added wherever their pattern stands (the definition and
+# the inline choices): its integers are "type": "number" with a pattern, and a pattern does not
+# apply to numbers, so 1.5, 0 or -3 pass as a positiveInt. R4: 32-bit signed integers.
+PRIMITIVES: dict[str, dict[str, Any]] = {
+    "integer": {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1},
+    "positiveInt": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+    "unsignedInt": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+    **{t: {"format": f"fhir-{t}"} for t in DATE_TYPES},
+}
+
 
 MISSING = "required (min 1 in R4) but missing"
 HINTS = {"date": " (YYYY, YYYY-MM or YYYY-MM-DD)",
@@ -149,13 +162,13 @@ def load_schema() -> dict[str, Any]:
 
 def _add_rules(schema: dict[str, Any]) -> dict[tuple[str, ...], str]:
     """Into the in-memory schema (which has no ``allOf``/``anyOf`` of its own): every complex type
-    an object, ``REQUIRED``, the real-date formats. Returns the required alternatives -> the
+    an object, ``REQUIRED``, ``PRIMITIVES``. Returns the required alternatives -> the
     element's name, for messages."""
     definitions = schema["definitions"]
     for definition in definitions.values():
         if "properties" in definition:
             definition.setdefault("type", "object")
-    _add_dates(definitions)
+    _add_primitives(definitions)
     return _add_required(definitions)
 
 
@@ -172,15 +185,14 @@ def _add_required(definitions: dict[str, Any]) -> dict[tuple[str, ...], str]:
     return names
 
 
-def _add_dates(definitions: dict[str, Any]) -> None:
-    """A ``format`` beside every date/dateTime/instant pattern: the primitives' own and the ones
-    choices repeat inline (``effectiveDateTime``), on a property or on its ``items``."""
-    patterns = {definitions[t]["pattern"]: f"fhir-{t}" for t in DATE_TYPES}
+def _add_primitives(definitions: dict[str, Any]) -> None:
+    """``PRIMITIVES`` beside each of their patterns: the primitives' own and the ones choices
+    repeat inline (``effectiveDateTime``), on a property or on its ``items``."""
+    rules = {definitions[name]["pattern"]: rule for name, rule in PRIMITIVES.items()}
     for definition in definitions.values():
         for sub in [definition, *definition.get("properties", {}).values()]:
             for node in (sub, sub.get("items") or {}):
-                if node.get("pattern") in patterns:
-                    node["format"] = patterns[node["pattern"]]
+                node.update(rules.get(node.get("pattern"), ()))
 
 
 def _forms(name: str, properties: dict) -> list[str]:
