@@ -217,19 +217,35 @@ def _describe(res_type: str, error: Any) -> str:
     """``Type.path: why`` for one jsonschema-rs error (list indexes as ``[i]``)."""
     path = res_type + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
                               for p in error.instance_path)
-    kind = type(error.kind).__name__
-    if kind == "Pattern" and error.kind.pattern == CALENDAR:
+    render = _RENDER.get(type(error.kind).__name__)
+    return render(path, error) if render else f"{path}: {error.message}"
+
+
+def _pattern(path: str, error: Any) -> str:
+    if error.kind.pattern == CALENDAR:
         return f"{path}: {error.instance!r} names a day that does not exist"
-    if kind == "Pattern":
-        primitive = _compiled().patterns.get(error.kind.pattern, "value")
-        return f"{path}: {error.instance!r} is not a valid R4 {primitive}{HINTS.get(primitive, '')}"
-    if kind == "AdditionalProperties":
-        return f"{path}.{error.kind.unexpected[0]}: not an element of this type in R4"
-    if kind == "Enum":
-        return f"{path}: {error.instance!r} is not one of {', '.join(error.kind.options)} (R4 code)"
-    if kind == "Required":
-        return f"{path}.{error.kind.property}: {MISSING}"
-    if kind == "AnyOf":  # only REQUIRED makes these
-        forms = tuple(branch[0].kind.property for branch in error.kind.context)
-        return f"{path}.{_compiled().required.get(forms, forms[0])}: {MISSING}"
-    return f"{path}: {error.message}"
+    primitive = _compiled().patterns.get(error.kind.pattern, "value")
+    return f"{path}: {error.instance!r} is not a valid R4 {primitive}{HINTS.get(primitive, '')}"
+
+
+def _enum(path: str, error: Any) -> str:
+    codes = list(error.kind.options)
+    shown = ", ".join(codes[:12]) + (f", ... ({len(codes)} codes)" if len(codes) > 12 else "")
+    return f"{path}: {error.instance!r} is not one of {shown} (R4 code)"
+
+
+def _any_of(path: str, error: Any) -> str:
+    """Only ``REQUIRED`` makes an ``anyOf``: its branches name the forms of the element."""
+    forms = tuple(branch[0].kind.property for branch in error.kind.context)
+    return f"{path}.{_compiled().required.get(forms, forms[0])}: {MISSING}"
+
+
+# jsonschema-rs error kind -> its message; any other kind keeps the library's own words
+_RENDER = {
+    "Pattern": _pattern,
+    "Enum": _enum,
+    "AnyOf": _any_of,
+    "Required": lambda path, error: f"{path}.{error.kind.property}: {MISSING}",
+    "AdditionalProperties": lambda path, error:
+        f"{path}.{error.kind.unexpected[0]}: not an element of this type in R4",
+}
