@@ -42,7 +42,7 @@ from hub.db import make_engine  # noqa: E402
 from hub.migrate import upgrade  # noqa: E402
 import hub.models  # noqa: E402,F401  (the tables' metadata)
 import settlement.models  # noqa: E402,F401
-from tests.conftest import free_port  # noqa: E402
+from tests.support.common import free_port  # noqa: E402
 
 UTC = timezone.utc
 PROVINCE_DIGITS = {"SH": "31", "JS": "32", "ZJ": "33", "AH": "34"}

@@ -16,7 +16,7 @@ from hub import api_models
 from hub.auth import create_token
 from hub.models import AuditRecord
 from settlement.simulator import start_simulators
-from tests.portal_support import start_hub
+from tests.support.portal import start_hub
 from tests.support.activity import AH_H, JS_H, SH_BAD, ZJ_QUIRKS, drive
 from tests.support.settlement import QINGPU, XIHU
 from tests.support.visits import OTHER, SH_H, ZJ_H

@@ -7,7 +7,7 @@ import json
 from pydantic import TypeAdapter
 
 from hub import api_models
-from tests.conftest import FIXTURES
+from tests.support.common import FIXTURES
 from tests.support.fhir import sh_visit
 
 QUIRKS = FIXTURES / "zj" / "upload_quirks.json"
