@@ -1,8 +1,8 @@
 """Cooperation indicators (考核评估, hub-interface.md "Administrators: cooperation indicators").
 
-Every figure is an SQL aggregate (``COUNT``, ``SUM``, ``GROUP BY``; medians read from ordered
-values with ``LIMIT``/``OFFSET`` on an index) over what the hub recorded as it happened; nothing
-is a counter kept aside. A month runs in +08:00. What each figure reads:
+Every figure is an SQL aggregate (``COUNT``, ``SUM``, ``GROUP BY``; medians from ordered values:
+``LIMIT``/``OFFSET`` on an index on SQLite, ``percentile_cont(0.5)`` on PostgreSQL) over what the
+hub recorded as it happened; nothing is a counter kept aside. A month runs in +08:00. What each figure reads:
 
 - ``records``: ``record_arrival`` (``hub/arrivals.py``), by the month it arrived in.
 - ``lookups``: the read audit's ``lookup`` rows (one per ``/fhir`` request that read patients'
@@ -19,8 +19,9 @@ is a counter kept aside. A month runs in +08:00. What each figure reads:
   before it), counted once the day has passed.
 
 A closed month therefore answers the same every time: each figure is fixed by rows whose times
-fall in it, and those rows are appended (arrivals, audit) or final (settlements, transfers,
-answers).
+fall in it, and those rows are appended (arrivals, audit) or final (transfers, answers). The one
+exception is the interface's own: ``settled`` counts what stands settled now, so a later void
+moves a settlement of a closed month from ``settled`` to ``voided``.
 """
 
 from __future__ import annotations
