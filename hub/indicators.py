@@ -37,6 +37,7 @@ from typing import Any
 
 from sqlalchemy import Date, and_, case, cast, exists, func, not_, or_, select, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import StaticPool
 
 from hub.errors import Unprocessable
 from hub.models import AuditRecord, Correction, RecordArrival
@@ -157,7 +158,9 @@ def compute(engine: Engine, month: Month, today: date | None = None) -> dict[str
             return read.fetch(conn, month, today)
 
     reads = READS[engine.dialect.name == "postgresql"]
-    with ThreadPoolExecutor(len(reads), thread_name_prefix="indicators") as pool:
+    # an in-memory SQLite database is one connection (StaticPool): its reads take turns
+    workers = 1 if isinstance(engine.pool, StaticPool) else len(reads)
+    with ThreadPoolExecutor(workers, thread_name_prefix="indicators") as pool:
         results = list(pool.map(fetch, reads))
     for read, result in zip(reads, results):
         read.apply(figures, result)
