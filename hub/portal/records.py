@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from hub import access, corrections, store
+from hub import api_models as m
 from hub.auth import Party
 from hub.errors import FHIR_JSON, HubError, NotFound
 from hub.fhir_api import hospital_names
@@ -59,7 +60,11 @@ def collection(shown: list[bytes], base: str) -> bytes:
     return b'{"resourceType":"Bundle","type":"collection","entry":[' + b",".join(entries) + b"]}"
 
 
-@router.get("/api/me/records")
+class FhirJSONResponse(Response):
+    media_type = FHIR_JSON  # what the document says this route answers
+
+
+@router.get("/api/me/records", response_class=FhirJSONResponse, responses=m.answers(m.Bundle))
 def get_records(request: Request) -> Response:
     session = sessions.require(request)
     base = str(request.base_url).rstrip("/")
@@ -73,7 +78,9 @@ def _service(request: Request) -> corrections.Corrections:
     return corrections.service(request.app)
 
 
-@router.post("/api/me/corrections")
+@router.post("/api/me/corrections", status_code=201, openapi_extra=m.body(m.CorrectionRequest), responses=m.answers(
+    m.CorrectionPublic, *api.WRITE, 404, 409, 422, status=201,
+    description="the new correction (404 not in the own record, 409 CORRECTION_OPEN, 422 INVALID_CORRECTION)"))
 async def post_correction(request: Request) -> JSONResponse:
     session = sessions.require(request)
     body = await api.json_body(request)
@@ -81,19 +88,20 @@ async def post_correction(request: Request) -> JSONResponse:
     return JSONResponse(created, 201)
 
 
-@router.get("/api/me/corrections")
+@router.get("/api/me/corrections", responses=m.answers(m.CorrectionList))
 def list_corrections(request: Request) -> JSONResponse:
     session = sessions.require(request)
     return JSONResponse({"corrections": _service(request).mine(session.patient_id)})
 
 
-@router.get("/api/me/corrections/{correction_id}")
+@router.get("/api/me/corrections/{correction_id}", responses=m.answers(m.CorrectionPublic, 404))
 def show_correction(request: Request, correction_id: str) -> JSONResponse:
     session = sessions.require(request)
     return JSONResponse(_service(request).get_mine(session.patient_id, correction_id))
 
 
-@router.post("/api/me/corrections/{correction_id}/withdraw")
+@router.post("/api/me/corrections/{correction_id}/withdraw", responses=m.answers(
+    m.CorrectionPublic, *api.WRITE, 404, 409, description="the withdrawn correction (409 CORRECTION_CLOSED)"))
 async def post_withdraw(request: Request, correction_id: str) -> JSONResponse:
     session = sessions.require(request)
     await api.json_body(request)
