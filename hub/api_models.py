@@ -150,6 +150,11 @@ class SharingChoices(_Exact):
     sensitive: Sensitive = Field(default_factory=Sensitive, description="absent categories are false")
 
 
+class Confirmation(BaseModel):
+    """Any JSON object, ``{}`` or none (not read): the call requires ``Content-Type:
+    application/json``, which a cross-site form cannot send."""
+
+
 class Bundle(BaseModel):
     """A FHIR R4 ``Bundle`` of type ``collection`` (application/fhir+json): everything held."""
 
@@ -231,7 +236,7 @@ def answers(ok: type[BaseModel], *errors: int, description: str = "", status: in
     return out
 
 
-def body(model: type[BaseModel]) -> dict:
+def body(model: type[BaseModel], required: bool = True) -> dict:
     """``openapi_extra`` for a JSON body the handler parses itself, keeping its coded answers
     (``settlement.schemas.request_body``)."""
-    return request_body(model)
+    return request_body(model, required=required)

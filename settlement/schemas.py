@@ -220,12 +220,12 @@ BODY_MODELS: list[type[BaseModel]] = []  # what ``request_body`` named: the app 
 ERROR_BODY = {"$ref": "#/components/schemas/ErrorBody"}  # the hub's error dialect, named, not imported
 
 
-def request_body(model: type[BaseModel], description: str = "") -> dict:
+def request_body(model: type[BaseModel], description: str = "", required: bool = True) -> dict:
     """``openapi_extra`` declaring a JSON body of ``model`` that the handler parses itself (so
     that its own coded answers stay): the schema is named, and ``BODY_MODELS`` lists it."""
     if model not in BODY_MODELS:
         BODY_MODELS.append(model)
-    return {"requestBody": {"required": True, "description": description or (model.__doc__ or "").strip(),
+    return {"requestBody": {"required": required, "description": description or (model.__doc__ or "").strip(),
                             "content": {"application/json": {
                                 "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 

@@ -162,7 +162,7 @@ def show_transfer(request: Request, transfer_id: str) -> JSONResponse:
     return JSONResponse(get_transfer(request, sessions.require(request), transfer_id))
 
 
-@router.post("/transfers/{transfer_id}/cancel", responses=m.answers(
+@router.post("/transfers/{transfer_id}/cancel", openapi_extra=m.body(m.Confirmation, required=False), responses=m.answers(
     TransferPublic, *WRITE, 404, 409, 503, description="the cancelled transfer (409 CANNOT_CANCEL)"))
 async def post_cancel(request: Request, transfer_id: str) -> JSONResponse:
     session = sessions.require(request)

@@ -60,8 +60,8 @@ def collection(shown: list[bytes], base: str) -> bytes:
     return b'{"resourceType":"Bundle","type":"collection","entry":[' + b",".join(entries) + b"]}"
 
 
-class FhirJSONResponse(Response):
-    media_type = FHIR_JSON  # what the document says this route answers
+class FhirJSONResponse(JSONResponse):
+    media_type = FHIR_JSON  # what the document says /api/me/records answers (it writes its bytes)
 
 
 @router.get("/api/me/records", response_class=FhirJSONResponse, responses=m.answers(m.Bundle))
@@ -100,7 +100,8 @@ def show_correction(request: Request, correction_id: str) -> JSONResponse:
     return JSONResponse(_service(request).get_mine(session.patient_id, correction_id))
 
 
-@router.post("/api/me/corrections/{correction_id}/withdraw", responses=m.answers(
+@router.post("/api/me/corrections/{correction_id}/withdraw", openapi_extra=m.body(m.Confirmation, required=False),
+             responses=m.answers(
     m.CorrectionPublic, *api.WRITE, 404, 409, description="the withdrawn correction (409 CORRECTION_CLOSED)"))
 async def post_withdraw(request: Request, correction_id: str) -> JSONResponse:
     session = sessions.require(request)

@@ -3,6 +3,9 @@ their models were declared (issue #17, item 6): the fields in the handlers' orde
 as UTF-8 (not ``\\u`` escapes), no spaces, the coded errors. Real requests to a real hub wired to
 the simulated platforms.
 
+Every answer is also checked against ``/openapi.json`` (``tests.support.openapi``): its status
+documented, its body fitting the documented schema, and an accepted body fitting the request's.
+
 Fixed answers are compared with literal bytes; answers holding what the hub draws or the clock
 gives (ids, times, deadlines) are compared with the compact UTF-8 serialisation of what they
 hold, in the order listed here, so that both the bytes and the order are pinned.
@@ -11,12 +14,14 @@ hold, in the order listed here, so that both the bytes and the order are pinned.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
 
-from tests.portal_support import CHEN, LISI, session
+from tests.portal_support import CHEN, LISI, sign_in
+from tests.support.openapi import check_every_answer
 from tests.support.platforms import platforms
 from tests.support.visits import OTHER, SH_H, ZJ_H, sh_visit, zj_visit
 
@@ -52,6 +57,16 @@ def exact(answer: httpx.Response, keys: list[str], status: int = 200) -> dict:
     return held
 
 
+@contextmanager
+def session(url: str, person: tuple[str, str, str]):
+    """A client signed in as ``person`` whose every answer is checked against the document."""
+    client = check_every_answer(sign_in(url, person))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def party(portal, engine):
     """A client for a hospital (or ``admin``), with 李四's two visits stored."""
@@ -61,7 +76,8 @@ def party(portal, engine):
     tokens["admin"] = create_token(engine, "admin", None)
 
     def client(name: str) -> httpx.Client:
-        return httpx.Client(base_url=portal.url, timeout=30, headers={"Authorization": f"Bearer {tokens[name]}"})
+        return check_every_answer(httpx.Client(base_url=portal.url, timeout=30,
+                                               headers={"Authorization": f"Bearer {tokens[name]}"}))
 
     now = datetime.now(timezone.utc)
     with client(ZJ_H) as zj:
@@ -94,7 +110,7 @@ def test_me_sharing_and_the_write_guards(portal):
         assert (broken.status_code, broken.content) == (400, error("INVALID_JSON", "请求内容不是有效的 JSON。"))
         foreign = lisi.put("/api/me/sharing", content=b"{}", headers={**JSON_HEADERS, "Origin": "https://evil.example"})
         assert (foreign.status_code, foreign.content) == (403, error("CROSS_ORIGIN", "不接受来自其他网站的请求。"))
-    with httpx.Client(base_url=portal.url) as nobody:
+    with check_every_answer(httpx.Client(base_url=portal.url)) as nobody:
         signed_out = nobody.get("/api/me")
     assert (signed_out.status_code, signed_out.content) == (401, error("NO_SESSION", "请先登录（没有有效的会话）。"))
 

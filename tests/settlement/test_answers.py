@@ -4,6 +4,9 @@ fields in the interface's order, the coded errors. Real requests to a real hub o
 platforms (the answers are the hub's own; which platform implementation answers it does not
 change them, so only the simulator runs here).
 
+Every answer is also checked against ``/openapi.json`` (``tests.support.openapi``): its status
+documented, its body fitting the documented schema, and an accepted body fitting the request's.
+
 Values the hub draws (``setl_id``, the platform's ``insurer_setl_id``) are taken from the answer
 and put back into the expected bytes; everything else is literal.
 """
@@ -15,6 +18,7 @@ from datetime import datetime
 import pytest
 
 from mappers.common import CST
+from tests.support.openapi import check_every_answer
 from tests.support.platforms import platforms
 from tests.support.settlement import XIHU, body
 
@@ -43,7 +47,7 @@ def settled(answer) -> bytes:
 
 
 def test_presettle_computed_refused_invalid_and_unavailable(shub, sims):
-    with shub.client(shub.token("insurer", "SH")) as c:
+    with check_every_answer(shub.client(shub.token("insurer", "SH"))) as c:
         computed = c.post("/settlement/presettle", json=body("P-1"))
         assert (computed.status_code, computed.content) == (200, (
             b'{"setl_id":null,"status":"computed","insurer_setl_id":null,"split":%s,"refusal":null}' % SPLIT))
@@ -60,7 +64,7 @@ def test_presettle_computed_refused_invalid_and_unavailable(shub, sims):
         assert (missing.status_code, missing.content) == (422, error("MISSING_FIELD", "visit_time: required"))
         assert c.post("/settlement/presettle", json=body("P-4", hospital="H99999999999")).content == error(
             "UNKNOWN_HOSPITAL", "fixmedins_code: not a hospital of the region")
-    with shub.client(shub.token("insurer", "ZJ")) as c:
+    with check_every_answer(shub.client(shub.token("insurer", "ZJ"))) as c:
         refused = c.post("/settlement/presettle", json=body("P-5", cert="330106198504120089",
                                                             insuplc="310106", hospital=XIHU))
         assert refused.status_code == 200
@@ -71,14 +75,14 @@ def test_presettle_computed_refused_invalid_and_unavailable(shub, sims):
         assert (forbidden.status_code, forbidden.content) == (403, error(
             "FORBIDDEN", "only the insurance platform of the hospital's province may do this"))
     sims.set_faults("ZJ", maintenance=True, retry_after=30)
-    with shub.client(shub.token("insurer", "SH")) as c:
+    with check_every_answer(shub.client(shub.token("insurer", "SH"))) as c:
         down = c.post("/settlement/presettle", json=body("P-7"))
     assert (down.status_code, down.content) == (503, error(
         "PLATFORM_UNAVAILABLE", "the insured place's platform cannot be reached: PlatformBusy"))
 
 
 def test_settle_read_void_and_their_errors(shub, sims):
-    with shub.client(shub.token("insurer", "SH")) as c:
+    with check_every_answer(shub.client(shub.token("insurer", "SH"))) as c:
         first = c.post("/settlement/settle", json=body("S-1"))
         assert (first.status_code, first.content) == (200, settled(first))
         assert "location" not in first.headers
@@ -95,7 +99,7 @@ def test_settle_read_void_and_their_errors(shub, sims):
         assert (voided.status_code, voided.content) == (200, settled(first).replace(
             b'"status":"settled"', b'"status":"voided"'))
         assert c.post(f"/settlement/{setl_id}/void").content == voided.content
-    with shub.client(shub.token("insurer", "ZJ")) as c:
+    with check_every_answer(shub.client(shub.token("insurer", "ZJ"))) as c:
         refused = c.post("/settlement/settle", json=body("S-2", cert="330106198504120089",
                                                          insuplc="310106", hospital=XIHU))
         refused_id = refused.json()["setl_id"]
@@ -106,14 +110,14 @@ def test_settle_read_void_and_their_errors(shub, sims):
         assert (not_settled.status_code, not_settled.content) == (409, error(
             "NOT_SETTLED", f"settlement {refused_id} is refused, not settled"))
         assert c.get(f"/settlement/{setl_id}").status_code == 403
-    with shub.client() as anonymous:
+    with check_every_answer(shub.client()) as anonymous:
         nobody = anonymous.get(f"/settlement/{setl_id}")
     assert nobody.status_code == 401 and nobody.json()["error"]["code"] == "UNAUTHENTICATED"
 
 
 def test_pending_is_202_with_a_location(shub, sims):
     sims.set_faults("ZJ", maintenance=True, retry_after=1)
-    with shub.client(shub.token("insurer", "SH")) as c:
+    with check_every_answer(shub.client(shub.token("insurer", "SH"))) as c:
         pending = c.post("/settlement/settle", json=body("S-3"))
     setl_id = pending.json()["setl_id"]
     assert (pending.status_code, pending.headers["location"]) == (202, f"/settlement/{setl_id}")
@@ -122,11 +126,11 @@ def test_pending_is_202_with_a_location(shub, sims):
 
 
 def test_reconcile_and_clearing(shub, sims):
-    with shub.client(shub.token("insurer", "SH")) as c:
+    with check_every_answer(shub.client(shub.token("insurer", "SH"))) as c:
         done = c.post("/settlement/settle", json=body("R-1")).json()
     sims.lose_settlement("ZJ", done["setl_id"])
     today = datetime.now(CST).date()
-    with shub.client(shub.token("admin")) as admin:
+    with check_every_answer(shub.client(shub.token("admin"))) as admin:
         found = admin.post("/settlement/reconcile", json={"date": today.isoformat()})
         assert (found.status_code, found.content) == (200, (
             b'{"date":"%s","balanced":[],"differences":[{"insuplc":"ZJ","mdtrtarea":"SH","setl_id":"%s",'
@@ -147,7 +151,7 @@ def test_reconcile_and_clearing(shub, sims):
         for bad in ("2024-13", ""):
             answer = admin.get("/settlement/clearing", params={"month": bad} if bad else None)
             assert (answer.status_code, answer.content) == (422, error("INVALID_MONTH", "month must be YYYY-MM"))
-    with shub.client(shub.token("insurer", "SH")) as c:
+    with check_every_answer(shub.client(shub.token("insurer", "SH"))) as c:
         for answer in (c.post("/settlement/reconcile", json={"date": today.isoformat()}),
                        c.get("/settlement/clearing", params={"month": "2024-03"})):
             assert answer.status_code == 403 and answer.json()["error"]["code"] == "FORBIDDEN"
