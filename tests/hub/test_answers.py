@@ -21,7 +21,9 @@ import httpx
 import pytest
 
 from tests.portal_support import CHEN, LISI, sign_in
-from tests.support.openapi import check_every_answer
+from hub import api_models as m
+from settlement.schemas import TransferPublic, Transfers
+from tests.support.openapi import check_every_answer, round_trips
 from tests.support.platforms import platforms
 from tests.support.visits import OTHER, SH_H, ZJ_H, sh_visit, zj_visit
 
@@ -47,10 +49,13 @@ def error(code: str, message: str) -> bytes:
                       separators=(",", ":")).encode()
 
 
-def exact(answer: httpx.Response, keys: list[str], status: int = 200) -> dict:
+def exact(answer: httpx.Response, keys: list[str], status: int = 200, model=None) -> dict:
     """The answer's JSON, after checking its status, that its bytes are the compact UTF-8
-    serialisation of what it holds and that its fields come in ``keys``' order."""
+    serialisation of what it holds, that its fields come in ``keys``' order and that ``model``
+    (its documented model) writes it back byte for byte."""
     assert answer.status_code == status, answer.text
+    if model is not None:
+        round_trips(model, answer)
     held = answer.json()
     assert answer.content == json.dumps(held, ensure_ascii=False, separators=(",", ":")).encode()
     assert list(held) == keys
@@ -90,6 +95,7 @@ def party(portal, engine):
 def test_me_sharing_and_the_write_guards(portal):
     with session(portal.url, LISI) as lisi:
         me = lisi.get("/api/me")
+        round_trips(m.Me, me)
         assert (me.status_code, me.content) == (200, (
             '{"name":"李四","resident_id":"3304**********002X","province":"ZJ","coverage":'
             '[{"insutype":"310","insuplc_admdvs":"330421","psn_insu_stas":"1"}]}').encode())
@@ -99,6 +105,7 @@ def test_me_sharing_and_the_write_guards(portal):
         assert (chosen.status_code, chosen.content) == (
             200, b'{"cross_province":false,"sensitive":{"mental":false,"hiv":true,"sti":false}}')
         assert lisi.get("/api/me/sharing").content == chosen.content
+        round_trips(m.SharingChoices, chosen)
         bad = lisi.put("/api/me/sharing", json={"cross_province": "no"})
         assert (bad.status_code, bad.content) == (400, error("INVALID_SHARING", "cross_province must be true or false"))
         assert lisi.put("/api/me/sharing", json={"cross_province": True, "sensitive": {"cancer": True}}).content \
@@ -120,18 +127,18 @@ def test_access_log_and_transfers(portal, party):
         found = sh.get("/fhir/Patient", params={"identifier": f"urn:oid:2.16.156.10011.1.3|{LISI[2]}"})
         assert found.status_code == 200
     with session(portal.url, LISI) as lisi, session(portal.url, CHEN) as chen:
-        log = exact(lisi.get("/api/me/access-log"), ["entries"])
+        log = exact(lisi.get("/api/me/access-log"), ["entries"], model=m.AccessLog)
         assert log["entries"] and all(list(e) == ENTRY for e in log["entries"])
         assert list(log["entries"][0]["organisation"]) == ["code", "name"]
         assert chen.get("/api/me/access-log").content == b'{"entries":[]}'
         assert chen.get("/api/me/transfers").content == b'{"transfers":[]}'
 
         created = exact(lisi.post("/api/me/transfers", json={"to_admdvs": "310118", "insutype": "310"}),
-                        TRANSFER, 201)
+                        TRANSFER, 201, TransferPublic)
         assert all(list(s) == STEP for s in created["steps"])
         assert created["from_admdvs"] == "330421" and created["refusal"] is None
-        shown = exact(lisi.get(f"/api/me/transfers/{created['id']}"), TRANSFER)
-        listed = exact(lisi.get("/api/me/transfers"), ["transfers"])
+        shown = exact(lisi.get(f"/api/me/transfers/{created['id']}"), TRANSFER, model=TransferPublic)
+        listed = exact(lisi.get("/api/me/transfers"), ["transfers"], model=Transfers)
         assert [t["id"] for t in listed["transfers"]] == [shown["id"]]
         running = lisi.post("/api/me/transfers", json={"to_admdvs": "320509", "insutype": "310"})
         if running.status_code == 409:  # the first is still running
@@ -155,7 +162,7 @@ def test_corrections_both_sides(portal, party):
         condition = next(f"Condition/{e['resource']['id']}" for e in bundle["entry"]
                          if e["resource"]["resourceType"] == "Condition" and "F32.900" in str(e["resource"]))
         created = exact(lisi.post("/api/me/corrections", json={"resource": condition, "kind": "wrong",
-                                                               "text": " 诊断写错了 "}), CORRECTION, 201)
+                                                               "text": " 诊断写错了 "}), CORRECTION, 201, m.CorrectionPublic)
         assert (created["status"], created["text"], created["answer"], created["withdrawn"]) == (
             "open", "诊断写错了", None, None)
         assert list(created["hospital"]) == ["code", "name"] and list(created["versions"]) == ["before", "after"]
@@ -168,7 +175,8 @@ def test_corrections_both_sides(portal, party):
         missing = chen.post("/api/me/corrections", json={"resource": condition, "kind": "wrong", "text": "x"})
         assert (missing.status_code, missing.content) == (404, error("NOT_FOUND", "您的健康档案中没有这条记录。"))
         assert exact(lisi.get(f"/api/me/corrections/{created['id']}"), CORRECTION) == created
-        assert exact(lisi.get("/api/me/corrections"), ["corrections"]) == {"corrections": [created]}
+        assert exact(lisi.get("/api/me/corrections"), ["corrections"], model=m.CorrectionList) == {
+            "corrections": [created]}
         assert chen.get(f"/api/me/corrections/{created['id']}").content == error("NOT_FOUND", "未找到该更正申请。")
 
         with party(ZJ_H) as zj, party(OTHER) as other, party("admin") as admin:
@@ -193,7 +201,8 @@ def test_corrections_both_sides(portal, party):
             unreadable = zj.post(f"/corrections/{created['id']}/answer", content=b"{no")
             assert (unreadable.status_code, unreadable.content) == (400, error("INVALID_JSON", "the body is not JSON"))
             answered = exact(zj.post(f"/corrections/{created['id']}/answer",
-                                     json={"decision": "rejected", "reason": "诊断无误"}), CORRECTION)
+                                     json={"decision": "rejected", "reason": "诊断无误"}), CORRECTION,
+                             model=m.CorrectionPublic)
             assert list(answered["answer"]) == ["decision", "reason", "time"]
             assert exact(zj.get(f"/corrections/{created['id']}"), CORRECTION) == answered
             closed = zj.post(f"/corrections/{created['id']}/answer", json={"decision": "rejected", "reason": "x"})
@@ -204,5 +213,6 @@ def test_corrections_both_sides(portal, party):
             "CORRECTION_CLOSED", "这项更正申请已经处理完毕或已撤回，不能再撤回。"))
         second = exact(lisi.post("/api/me/corrections", json={"resource": condition, "kind": "other",
                                                               "text": "再问"}), CORRECTION, 201)
-        withdrawn = exact(lisi.post(f"/api/me/corrections/{second['id']}/withdraw", json={}), CORRECTION)
+        withdrawn = exact(lisi.post(f"/api/me/corrections/{second['id']}/withdraw", json={}), CORRECTION,
+                          model=m.CorrectionPublic)
         assert withdrawn["status"] == "withdrawn" and withdrawn["withdrawn"]

@@ -18,7 +18,8 @@ from datetime import datetime
 import pytest
 
 from mappers.common import CST
-from tests.support.openapi import check_every_answer
+from settlement.schemas import Clearing, Reconciliation, SettlementPublic
+from tests.support.openapi import check_every_answer, round_trips
 from tests.support.platforms import platforms
 from tests.support.settlement import XIHU, body
 
@@ -52,6 +53,7 @@ def test_presettle_computed_refused_invalid_and_unavailable(shub, sims):
         assert (computed.status_code, computed.content) == (200, (
             b'{"setl_id":null,"status":"computed","insurer_setl_id":null,"split":%s,"refusal":null}' % SPLIT))
         assert computed.headers["content-type"] == "application/json"
+        round_trips(SettlementPublic, computed)
         mismatch = c.post("/settlement/presettle", json=body("P-2", lines=[
             {"med_list_codg": "XJ01CAA040A001", "cnt": "2", "pric": "18.60", "det_item_fee_sumamt": "37.21"}]))
         assert (mismatch.status_code, mismatch.content) == (422, error(
@@ -71,6 +73,7 @@ def test_presettle_computed_refused_invalid_and_unavailable(shub, sims):
         assert refused.content.startswith(b'{"setl_id":null,"status":"refused","insurer_setl_id":null,'
                                           b'"split":null,"refusal":{"code":"NOT_FILED","message":"')
         assert refused.content.endswith(b'"}}') and "备案".encode() in refused.content
+        round_trips(SettlementPublic, refused)
         forbidden = c.post("/settlement/presettle", json=body("P-6"))
         assert (forbidden.status_code, forbidden.content) == (403, error(
             "FORBIDDEN", "only the insurance platform of the hospital's province may do this"))
@@ -98,6 +101,8 @@ def test_settle_read_void_and_their_errors(shub, sims):
         voided = c.post(f"/settlement/{setl_id}/void")
         assert (voided.status_code, voided.content) == (200, settled(first).replace(
             b'"status":"settled"', b'"status":"voided"'))
+        for answer in (first, voided):
+            round_trips(SettlementPublic, answer)
         assert c.post(f"/settlement/{setl_id}/void").content == voided.content
     with check_every_answer(shub.client(shub.token("insurer", "ZJ"))) as c:
         refused = c.post("/settlement/settle", json=body("S-2", cert="330106198504120089",
@@ -123,6 +128,7 @@ def test_pending_is_202_with_a_location(shub, sims):
     assert (pending.status_code, pending.headers["location"]) == (202, f"/settlement/{setl_id}")
     assert pending.content == (b'{"setl_id":"%s","status":"pending","insurer_setl_id":null,"split":null,'
                                b'"refusal":null}' % setl_id.encode())
+    round_trips(SettlementPublic, pending)
 
 
 def test_reconcile_and_clearing(shub, sims):
@@ -136,6 +142,7 @@ def test_reconcile_and_clearing(shub, sims):
             b'{"date":"%s","balanced":[],"differences":[{"insuplc":"ZJ","mdtrtarea":"SH","setl_id":"%s",'
             b'"kind":"missing_at_insurer","hub":{"medfee_sumamt":"37.20","fund_pay_sumamt":"27.90",'
             b'"acct_pay":"9.30"},"insurer":null}]}' % (today.isoformat().encode(), done["setl_id"].encode())))
+        round_trips(Reconciliation, found)
         quiet = admin.post("/settlement/reconcile", json={"date": "2001-01-01"})
         assert quiet.content == b'{"date":"2001-01-01","balanced":[],"differences":[]}'
         for bad in (b'{"date": "15/03/2024"}', b"[]", b"{}", b"not json"):
@@ -148,6 +155,7 @@ def test_reconcile_and_clearing(shub, sims):
             b'{"month":"%s","owed":{"SH":%s,"JS":%s,"ZJ":{"SH":"37.20","JS":"0.00","ZJ":"0.00","AH":"0.00"},'
             b'"AH":%s},"net":{"SH":"37.20","JS":"0.00","ZJ":"-37.20","AH":"0.00"}}'
             % (month.encode(), ZEROS, ZEROS, ZEROS)))
+        round_trips(Clearing, clearing)
         for bad in ("2024-13", ""):
             answer = admin.get("/settlement/clearing", params={"month": bad} if bad else None)
             assert (answer.status_code, answer.content) == (422, error("INVALID_MONTH", "month must be YYYY-MM"))

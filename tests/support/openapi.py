@@ -77,3 +77,9 @@ def check_every_answer(client: httpx.Client, skip: tuple[str, ...] = ("/fhir", "
 
     client.event_hooks["response"].append(check)
     return client
+
+
+def round_trips(model, answer: httpx.Response) -> None:
+    """The documented ``model`` reads the answer and writes it back byte for byte (money at two
+    places, fields in order, UTF-8): the model is the answer, not an approximation of it."""
+    assert model.model_validate_json(answer.content).model_dump_json().encode() == answer.content
