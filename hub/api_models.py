@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import HTMLResponse, RedirectResponse
 
 from settlement.schemas import LocalTime, request_body
 
@@ -227,6 +228,30 @@ class Health(_Exact):
     status: Literal["ok", "unavailable"]
     database: bool
     platforms: dict[str, Literal["reachable", "unreachable", "not configured"]]
+
+
+# -- the portal's pages ------------------------------------------------------------------------------
+
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+
+
+def page(*, form: dict[str, str] | None = None, redirect: str = "") -> dict:
+    """Route keyword arguments that document a portal page (HTML in Chinese, for a person): its
+    ``text/html`` answer; with ``form``, the url-encoded fields it posts (name -> meaning; the
+    session's ``csrf`` token always); with ``redirect``, the ``303`` that answers success."""
+    kw: dict = {"response_class": HTMLResponse,
+                "responses": {200: {"description": "the page", "content": _HTML}}}
+    if redirect:
+        kw.update(status_code=303, response_class=RedirectResponse, responses={
+            303: {"description": f"done: see {redirect}"},
+            "4XX": {"description": "the form again, saying what is wrong", "content": _HTML}})
+    if form is not None:
+        fields = {"csrf": "the token of the form (CSRF)", **form}
+        kw["openapi_extra"] = {"requestBody": {"required": True, "content": {
+            "application/x-www-form-urlencoded": {"schema": {
+                "type": "object", "required": ["csrf"],
+                "properties": {name: {"type": "string", "description": what} for name, what in fields.items()}}}}}}
+    return kw
 
 
 def answers(ok: type[BaseModel], *errors: int, description: str = "", status: int = 200) -> dict:

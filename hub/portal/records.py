@@ -122,7 +122,7 @@ def _by_resource(request: Request, session: PatientSession) -> dict[str, list[di
     return found
 
 
-@router.get("/portal/records")
+@router.get("/portal/records", **m.page())
 def records_page(request: Request) -> Response:
     return for_patient(request, lambda session: _records_page(request, session))
 
@@ -148,12 +148,14 @@ def record_page(request: Request, session: PatientSession, ref: str, status: int
                 message=message, chosen=chosen or {}, **LABELS)
 
 
-@router.get("/portal/records/{res_type}/{res_id}")
+@router.get("/portal/records/{res_type}/{res_id}", **m.page())
 def one_record(request: Request, res_type: str, res_id: str) -> Response:
     return for_patient(request, lambda session: record_page(request, session, f"{res_type}/{res_id}"))
 
 
-@router.post("/portal/corrections")
+@router.post("/portal/corrections", **m.page(form={
+    "resource": "Type/id of the record", "kind": "not_mine, wrong, incomplete or other", "text": "1 to 500 characters"},
+    redirect="/portal/corrections/{id}"))
 async def post_correction_form(request: Request) -> Response:
     signed = await signed_in_form(request)
     if isinstance(signed, Response):
@@ -168,14 +170,14 @@ async def post_correction_form(request: Request) -> Response:
                             headers=SECURITY_HEADERS)
 
 
-@router.get("/portal/corrections")
+@router.get("/portal/corrections", **m.page())
 def corrections_page(request: Request) -> Response:
     return for_patient(request, lambda session: page(
         request, session, "corrections.html", corrections=_service(request).mine(session.patient_id),
         **LABELS))
 
 
-@router.get("/portal/corrections/{correction_id}")
+@router.get("/portal/corrections/{correction_id}", **m.page())
 def correction_page(request: Request, correction_id: str) -> Response:
     return for_patient(request, lambda session: _correction_page(request, session, correction_id))
 
@@ -189,7 +191,8 @@ def _correction_page(request: Request, session: PatientSession, correction_id: s
                 notice=request.query_params.get("notice"), **LABELS)
 
 
-@router.post("/portal/corrections/{correction_id}/withdraw")
+@router.post("/portal/corrections/{correction_id}/withdraw", **m.page(form={},
+             redirect="/portal/corrections/{id}"))
 async def post_withdraw_form(request: Request, correction_id: str) -> Response:
     def withdraw(session: PatientSession):
         return run_in_threadpool(_service(request).withdraw, session.patient_id, correction_id)

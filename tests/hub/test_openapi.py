@@ -133,6 +133,22 @@ def test_the_settlement_body_schema_refuses_what_the_parser_refuses(hub, change)
         validator(document, schema).validate(bad)
 
 
+def test_portal_pages_are_documented_as_html_and_their_forms(hub):
+    document = hub.client().get("/openapi.json").json()
+    pages = [(m, p, op) for p, ops in document["paths"].items() if p.startswith("/portal/") or p == "/portal"
+             for m, op in ops.items() if not p.startswith("/portal/static")]
+    assert len(pages) >= 17
+    for method, path, op in pages:
+        if method == "get":
+            assert list(op["responses"]["200"]["content"]) == ["text/html"], path
+        else:
+            form = op["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]
+            assert "csrf" in form["properties"] and "303" in op["responses"], path
+            assert not op["responses"]["303"].get("content"), path
+    login = document["paths"]["/portal/login"]["post"]["requestBody"]["content"]
+    assert {"province", "code", "csrf"} <= set(login["application/x-www-form-urlencoded"]["schema"]["properties"])
+
+
 def test_real_answers_fit_the_documented_models(hub):
     quirks = QUIRKS.read_bytes()
     with hub.client(hub.token("hospital", json.loads(quirks)["jgdm"])) as c:
