@@ -11,6 +11,10 @@ Only the insurance platform of the hospital's province may call the first four (
 an administrator may read one settlement). The work is ``settlement.service``'s; it calls the
 platforms through a ``PlatformClient`` of its own (same configuration as ``app.state.platform``,
 its own connections). Reconciliation uses ``app.state.platform``.
+
+What each route takes and answers is declared for ``/openapi.json`` with the models of
+``settlement.schemas`` (``request_body``, ``answers``); the answers themselves are written here,
+as ``service``, ``reconcile`` and ``clearing`` build them.
 """
 
 from __future__ import annotations
