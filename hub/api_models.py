@@ -171,27 +171,29 @@ Decision = Literal["corrected", "rejected"]
 TEXT = Field(min_length=1, max_length=500)
 # "Type/id" as the hub stores them (ids of make_id, or a sender's own FHIR ids)
 RESOURCE_PATTERN = r"^[A-Z][A-Za-z]{1,39}/[A-Za-z0-9\-.]{1,64}$"
+
+
 class CorrectionRequest(BaseModel):
-    """The body of ``POST /api/me/corrections`` (a bad field: 422 ``INVALID_CORRECTION``)."""
+    """The body of ``POST /api/me/corrections``, parsed by ``hub.corrections`` (a bad field:
+    422 ``INVALID_CORRECTION``, naming it in Chinese)."""
 
     model_config = ConfigDict(str_strip_whitespace=True)
-    resource: str = Field(pattern=RESOURCE_PATTERN)
+    resource: str = Field(pattern=RESOURCE_PATTERN, examples=["Condition/8f3c"])
     kind: Kind
     text: str = TEXT
 
 
 class AnswerRequest(BaseModel):
-    """The body of ``POST /corrections/{id}/answer`` (a bad field: 422 ``INVALID_ANSWER``)."""
+    """The body of ``POST /corrections/{id}/answer``, parsed by ``hub.corrections`` (a bad
+    field: 422 ``INVALID_ANSWER``)."""
 
     model_config = ConfigDict(str_strip_whitespace=True)
     decision: Decision
     reason: str = TEXT
 
 
-
-
 class CorrectionAnswer(_Exact):
-    decision: Literal["corrected", "rejected"]
+    decision: Decision
     reason: str
     time: LocalTime
 
@@ -208,7 +210,7 @@ class CorrectionPublic(_Exact):
     status: Literal["open", "corrected", "rejected", "withdrawn"]
     resource: str = Field(examples=["Condition/8f3c"])
     hospital: Organisation
-    kind: Literal["not_mine", "wrong", "incomplete", "other"]
+    kind: Kind
     text: str
     created: LocalTime
     deadline: str = Field(description="yyyy-mm-dd", examples=["2026-12-18"])

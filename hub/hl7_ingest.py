@@ -169,7 +169,8 @@ def _group_commit(app) -> GroupCommit:
 @router.post("/ingest/sh", response_class=Response, openapi_extra={"requestBody": {
     "required": True, "description": "HL7 v2 (formats/shanghai-hl7v2.md): one message, several, or a batch",
     "content": {"x-application/hl7-v2+er7": {"schema": {"type": "string"}}}}},
-    responses={200: {"description": "one ACK per message, in order", "content": {ER7: {"schema": {"type": "string"}}}},
+    responses={200: {"description": "one ACK per message, in order",
+                     "content": {ER7: {"schema": {"type": "string"}}}},
                **{code: {"model": api_models.ErrorBody} for code in (400, 401, 403, 413)}})
 async def ingest_sh(request: Request, party: Party = Depends(bearer_party)) -> Response:
     """One message, several, or a batch: one ACK per message, in order."""

@@ -129,7 +129,8 @@ def get_sharing(request: Request) -> JSONResponse:
 
 
 @router.put("/sharing", openapi_extra=m.body(m.SharingChoices),
-            responses=m.answers(m.SharingChoices, *WRITE, description="the choices now in force (400 INVALID_SHARING)"))
+            responses=m.answers(m.SharingChoices, *WRITE,
+                                description="the choices now in force (400 INVALID_SHARING)"))
 async def put_sharing(request: Request) -> JSONResponse:
     session = sessions.require(request)
     body = await json_body(request)
@@ -162,8 +163,9 @@ def show_transfer(request: Request, transfer_id: str) -> JSONResponse:
     return JSONResponse(get_transfer(request, sessions.require(request), transfer_id))
 
 
-@router.post("/transfers/{transfer_id}/cancel", openapi_extra=m.body(m.Confirmation, required=False), responses=m.answers(
-    TransferPublic, *WRITE, 404, 409, 503, description="the cancelled transfer (409 CANNOT_CANCEL)"))
+@router.post("/transfers/{transfer_id}/cancel", openapi_extra=m.body(m.Confirmation, required=False),
+             responses=m.answers(TransferPublic, *WRITE, 404, 409, 503,
+                                 description="the cancelled transfer (409 CANNOT_CANCEL)"))
 async def post_cancel(request: Request, transfer_id: str) -> JSONResponse:
     session = sessions.require(request)
     await json_body(request)

@@ -154,7 +154,8 @@ def one_record(request: Request, res_type: str, res_id: str) -> Response:
 
 
 @router.post("/portal/corrections", **m.page(form={
-    "resource": "Type/id of the record", "kind": "not_mine, wrong, incomplete or other", "text": "1 to 500 characters"},
+    "resource": "Type/id of the record", "kind": "not_mine, wrong, incomplete or other",
+    "text": "1 to 500 characters"},
     redirect="/portal/corrections/{id}"))
 async def post_correction_form(request: Request) -> Response:
     signed = await signed_in_form(request)
