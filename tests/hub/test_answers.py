@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from tests.portal_support import CHEN, LISI, sign_in
+from tests.support.portal import CHEN, LISI, sign_in
 from hub import api_models as m
 from settlement.schemas import TransferPublic, Transfers
 from tests.support.openapi import check_every_answer, round_trips

@@ -14,7 +14,7 @@ from pydantic import TypeAdapter
 
 from hub import api_models
 from settlement.rules import RequestInvalid, SettleRequest
-from tests.conftest import FIXTURES, PEERS
+from tests.support.common import FIXTURES, PEERS
 from tests.support.fhir import sh_visit
 from tests.support.openapi import validator
 
