@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, insert, select, update
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hub import arrivals, ingest, metrics, store
+from hub import api_models, arrivals, ingest, metrics, store
 from hub.auth import Party, bearer_party, require_hospital
 from hub.db import write_retrying
 from hub.errors import BadRequest
@@ -168,7 +168,12 @@ def _group_commit(app) -> GroupCommit:
     return app.state.group_commit
 
 
-@router.post("/ingest/sh")
+@router.post("/ingest/sh", response_class=Response, openapi_extra={"requestBody": {
+    "required": True, "description": "HL7 v2 (formats/shanghai-hl7v2.md): one message, several, or a batch",
+    "content": {"x-application/hl7-v2+er7": {"schema": {"type": "string"}}}}},
+    responses={200: {"description": "one ACK per message, in order",
+                     "content": {ER7: {"schema": {"type": "string"}}}},
+               **{code: {"model": api_models.ErrorBody} for code in (400, 401, 403, 413)}})
 async def ingest_sh(request: Request, party: Party = Depends(bearer_party)) -> Response:
     """One message, several, or a batch: one ACK per message, in order."""
     sender = require_hospital(party)
