@@ -89,7 +89,7 @@ def login_page(request: Request, status: int = 200, message: str | None = None,
     return response
 
 
-@router.get("/login", include_in_schema=False)
+@router.get("/login", **api_models.page())
 def get_login(request: Request, month: str = "") -> Response:
     return login_page(request, month=_month_field(month))
 
@@ -99,7 +99,9 @@ def _month_field(value: Any) -> str:
     return value if isinstance(value, str) and _MONTH_FIELD.match(value) else ""
 
 
-@router.post("/login", include_in_schema=False)
+@router.post("/login", **api_models.page(form={
+    "token": "an administrator's token", "month": "yyyy-mm to open after signing in (optional)"},
+    redirect="/admin/indicators"))
 async def post_login(request: Request) -> Response:
     """303 to the indicators with a session; 401 (not an admin token), 403 (the form's CSRF),
     429 with ``Retry-After`` while failures are bounded (the portal's guard)."""
@@ -135,7 +137,7 @@ async def _refused(request: Request, token: str, month: str) -> Response | None:
     return login_page(request, 401, "令牌无效，或不是管理员令牌。", month)
 
 
-@router.post("/logout", include_in_schema=False)
+@router.post("/logout", **api_models.page(form={}, redirect="/admin/login"))
 async def post_logout(request: Request) -> Response:
     session = current(request)
     if session is not None:

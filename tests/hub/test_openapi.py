@@ -49,9 +49,10 @@ def test_ingest_and_admin_are_documented(hub):
 
 
 def api_operations(document: dict):
-    """(method, path, operation) of every route outside /fhir and the portal's HTML pages."""
+    """(method, path, operation) of every route outside /fhir and the HTML pages (the portal's and
+    the administrators' sign-in)."""
     for path, operations in document["paths"].items():
-        if not path.startswith(("/fhir", "/portal")):
+        if not path.startswith(("/fhir", "/portal", "/admin/login", "/admin/logout")):
             yield from ((method, path, op) for method, op in operations.items())
 
 
@@ -135,9 +136,10 @@ def test_the_settlement_body_schema_refuses_what_the_parser_refuses(hub, change)
 
 def test_portal_pages_are_documented_as_html_and_their_forms(hub):
     document = hub.client().get("/openapi.json").json()
-    pages = [(m, p, op) for p, ops in document["paths"].items() if p.startswith("/portal/") or p == "/portal"
+    pages = [(m, p, op) for p, ops in document["paths"].items()
+             if p.startswith(("/portal/", "/admin/login", "/admin/logout")) or p == "/portal"
              for m, op in ops.items() if not p.startswith("/portal/static")]
-    assert len(pages) >= 17
+    assert len(pages) >= 20
     for method, path, op in pages:
         if method == "get":
             assert list(op["responses"]["200"]["content"]) == ["text/html"], path
@@ -147,6 +149,8 @@ def test_portal_pages_are_documented_as_html_and_their_forms(hub):
             assert not op["responses"]["303"].get("content"), path
     login = document["paths"]["/portal/login"]["post"]["requestBody"]["content"]
     assert {"province", "code", "csrf"} <= set(login["application/x-www-form-urlencoded"]["schema"]["properties"])
+    admin = document["paths"]["/admin/login"]["post"]["requestBody"]["content"]
+    assert {"token", "csrf"} <= set(admin["application/x-www-form-urlencoded"]["schema"]["properties"])
 
 
 def test_real_answers_fit_the_documented_models(hub):
