@@ -40,7 +40,8 @@ from hub.models import Correction, Resource, Sharing
 from hub.search import utc_text
 from hub.sensitivity import CATEGORIES
 from hub.sharing import SharingChoices
-from mappers.common import SHARED_TYPES, province_of
+from mappers.common import SHARED_TYPES
+from mappers.region import province_of
 
 R = Resource.__table__
 C = Correction.__table__

@@ -21,7 +21,8 @@ from settlement import api as settlement_api
 from settlement import schemas as settlement_schemas
 from settlement.platform import PlatformClient
 from settlement.transfer import start_transfers
-from hub.config import PROVINCES, Settings, get_settings
+from hub.config import Settings, get_settings
+from mappers.region import PROVINCES
 from hub.db import get_engine
 from hub.migrate import upgrade
 from hub.portal.guard import SignInGuard

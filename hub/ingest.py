@@ -31,7 +31,8 @@ from hub.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from hub.models import Upload
 from hub.workers import start_pool
 from mappers.anhui_csv import ArchiveTooLarge
-from mappers.common import ForeignSender, MapResult, UnreadableUpload
+from mappers.common import MapResult
+from mappers.errors import ForeignSender, UnreadableUpload
 
 log = structlog.get_logger("hub.ingest")
 router = APIRouter()

@@ -25,7 +25,8 @@ from hub.models import Patient as PatientRow
 from hub.models import PatientKey
 from hub.models import Record as RecordRow
 from hub.models import Resource, ResourceHistory, SearchIndex
-from mappers.common import PATIENT_REF, SHARED_TYPES, Record, Rejection, make_id, province_of
+from mappers.common import PATIENT_REF, SHARED_TYPES, Record, Rejection, make_id
+from mappers.region import province_of
 
 _PATIENT_REF = PATIENT_REF.encode()
 # A visit is described by several records (Jiangsu's outpatient record and its lab and imaging
