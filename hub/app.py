@@ -16,11 +16,9 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import JSONResponse, Response
 
 from hub import (admin, admin_pages, api_models, audit, auth, compression, corrections, errors,
-                 fhir_api, hl7_ingest, ingest, metrics, portal)
-from settlement import api as settlement_api
+                 fhir_api, hl7_ingest, ingest, metrics, portal, settlement_api)
 from settlement import schemas as settlement_schemas
 from settlement.platform import PlatformClient
-from settlement.transfer import start_transfers
 from hub.config import Settings, get_settings
 from mappers.region import PROVINCES
 from hub.db import get_engine
@@ -61,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(corrections.router)
     app.include_router(portal.router)
     app.state.starters = [ingest.start_map_pool, start_platform, hl7_ingest.start_mllp,
-                          settlement_api.start, start_transfers, start_loop_watch, warm_up]
+                          settlement_api.start, settlement_api.start_transfers, start_loop_watch, warm_up]
     _install_operating(app)
     return app
 
@@ -103,7 +101,8 @@ async def _start_background(app: FastAPI) -> list:
 
 async def start_platform(app: FastAPI):
     """The one client of the provinces' platforms, shared by settlement, transfers and sign-in."""
-    app.state.platform = PlatformClient(app.state.settings.insurer_urls())
+    app.state.platform = PlatformClient(app.state.settings.insurer_urls(),
+                                        observe=metrics.observe_platform_call)
 
     async def stop():
         await app.state.platform.aclose()

@@ -217,7 +217,8 @@ def service(app) -> Corrections:
     """The app's one ``Corrections`` (made on first use; tests may set their own)."""
     found = getattr(app.state, "corrections", None)
     if found is None:
-        found = app.state.corrections = Corrections(app.state.engine)
+        calendar = load_calendar(app.state.settings.transfer_calendar)
+        found = app.state.corrections = Corrections(app.state.engine, calendar)
     return found
 
 

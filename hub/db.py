@@ -13,6 +13,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, create_engine
 from sqlalchemy.pool import StaticPool
 
+from settlement.storage import is_sqlite, writer  # noqa: F401  (written once, beside the domain)
+
 _engines: dict[str, Engine] = {}
 
 
@@ -70,15 +72,6 @@ def get_engine(url: str) -> Engine:
     if url not in _engines:
         _engines[url] = make_engine(url)
     return _engines[url]
-
-
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
-def writer(engine: Engine) -> Engine:
-    """The engine to open write transactions with (``with writer(e).begin() as conn``)."""
-    return engine.execution_options(sqlite_immediate=True)
 
 
 def write_retrying(engine: Engine, work, attempts: int = 5):

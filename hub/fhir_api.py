@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from hub import access, audit, capability, compression, fhir_results, search, store
 from hub.auth import Party, bearer_party
-from hub.errors import FHIR_JSON, BadRequest, NotFound
+from hub.errors import FHIR_JSON, NotFound
 from hub.logs import scrub
 
 router = APIRouter(prefix="/fhir")
@@ -156,13 +156,10 @@ def search_type(res_type: str, request: Request, party: Party = Depends(bearer_p
     _known_type(res_type)
     asked = _asked(request, res_type, "search")
     engine = request.app.state.engine
-    try:
-        with engine.connect() as conn:
-            answer = access.search(conn, engine, caller_of(request, party), res_type,
-                                   asked.criteria, asked.count, asked.offset, asked.sort,
-                                   asked.with_total)
-    except search.SearchError as exc:
-        raise BadRequest(str(exc)) from None
+    with engine.connect() as conn:  # a SearchError is answered 400 (hub.errors)
+        answer = access.search(conn, engine, caller_of(request, party), res_type,
+                               asked.criteria, asked.count, asked.offset, asked.sort,
+                               asked.with_total)
     base = _base(request)
     entries = [_entry(base, answer, row, asked.view) for row in answer.rows]
     links = _links(f"{base}/{res_type}", asked, answer, asked.criteria)

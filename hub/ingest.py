@@ -27,7 +27,7 @@ from starlette.responses import Response
 from hub import api_models, arrivals, metrics, store
 from hub.auth import Party, bearer_party, require_hospital
 from hub.db import write_retrying, writer
-from hub.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from hub.errors import BadRequest, NotFound, PayloadTooLarge
 from hub.models import Upload
 from hub.workers import start_pool
 from mappers.anhui_csv import ArchiveTooLarge
@@ -139,17 +139,15 @@ async def ingest(request: Request, channel: Channel, sender: str, body: bytes,
     content_type = request.headers.get("content-type")
     try:
         result = await map_off_loop(request.app, channel, body, sender, filename)
-    except UnreadableUpload as exc:  # ArchiveTooLarge (413) is one too
+    except UnreadableUpload as exc:  # ArchiveTooLarge is one too; hub.errors answers them
         await run_in_threadpool(set_aside, engine, channel.name, sender, body, content_type,
                                 str(exc), filename)
-        if isinstance(exc, ArchiveTooLarge):
-            metrics.UPLOADS.labels(channel.name, "too_large").inc()
-            raise PayloadTooLarge(str(exc)) from None
-        metrics.UPLOADS.labels(channel.name, "unreadable").inc()
-        raise BadRequest(str(exc), code=getattr(exc, "code", "UNREADABLE")) from None
-    except ForeignSender as exc:
+        too_large = isinstance(exc, ArchiveTooLarge)
+        metrics.UPLOADS.labels(channel.name, "too_large" if too_large else "unreadable").inc()
+        raise
+    except ForeignSender:
         metrics.UPLOADS.labels(channel.name, "foreign").inc()
-        raise Forbidden(str(exc), code="FOREIGN_SENDER") from None
+        raise
     outcome = await run_in_threadpool(store_mapped, engine, channel.name, sender, body, result,
                                       content_type, filename)
     metrics.UPLOADS.labels(channel.name, "stored").inc()

@@ -28,3 +28,8 @@ async def watch_loop(period: float = 0.05, into: Histogram = LOOP_LAG) -> None:
         start = loop.time()
         await asyncio.sleep(period)
         into.observe(max(0.0, loop.time() - start - period))
+
+
+def observe_platform_call(province: str, infno: str, seconds: float) -> None:
+    """``PlatformClient``'s observer (``observe=``): the domain imports no metrics."""
+    PLATFORM_CALLS.labels(province, infno).observe(seconds)

@@ -78,17 +78,9 @@ from charset_normalizer import from_bytes
 from mappers.address import fhir_address
 from mappers.region import CST, check_character, normalize_resident_id, resident_id_birth_date, scrub, to_halfwidth
 from mappers.common import (ICD10_SYSTEM, INSURANCE_CARD_SYSTEM, LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM, LOINC_SYSTEM, OUTPATIENT_NO_SYSTEM, PATIENT_REF, RESIDENT_ID_SYSTEM, MapResult, Record, Rejection, clean, fhir_date, fhir_datetime, hospital_organization, hospital_reference, insurance_identifier, interpretation, lab_value, make_id, parse_when, reference_range, row_digest, validate)
-from mappers.errors import ForeignSender, InvalidValue, UnreadableUpload
+from mappers.errors import ArchiveTooLarge, ForeignSender, InvalidValue, UnreadableUpload
 
 __all__ = ["map_upload", "ArchiveTooLarge", "ForeignSender", "UnreadableUpload"]
-
-
-class ArchiveTooLarge(UnreadableUpload):
-    """The upload is over the hub's size limits (the hub answers 413 with ``str(exc)``).
-
-    Raised for a body over 20 MB, and for a ZIP that unpacks (or says it unpacks) to more than
-    200 MB or 1,000 files, or one of whose entries, or the whole, compresses more than 100:1.
-    """
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from mappers.region import PROVINCES, money_text
 
+from .errors import InvalidRequest
 from .models import Settlement
 
 ZERO = Decimal("0.00")
@@ -51,7 +52,7 @@ def counting(engine, month: str) -> list[dict[str, str]]:
 
 
 def clearing(engine, month: str) -> dict:
-    """The month's statement; ValueError when ``month`` is not ``YYYY-MM``."""
+    """The month's statement; ``InvalidRequest`` INVALID_MONTH when ``month`` is not ``YYYY-MM``."""
     if not isinstance(month, str) or not MONTH_RE.match(month):
-        raise ValueError("month must be YYYY-MM")
+        raise InvalidRequest("month must be YYYY-MM", code="INVALID_MONTH")
     return {"month": month, **statement(counting(engine, month))}

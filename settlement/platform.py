@@ -16,6 +16,8 @@ envelope built here; the answer is classified into exactly one outcome:
     └── Refused                    a business refusal (infcode != 0): ``err_code``, ``err_msg``,
                                    ``output``; final for that input, never resent as it is
 
+(The classes are drawn with the package's other exceptions in ``settlement.errors``.)
+
 ``PlatformBusy`` is an ``OutcomeUnknown``, not a ``NotSent``: the contract lists 429/502/503/504
 among the answers after which "the outcome may be unknown", and the hub must work against any
 platform that keeps the contract, so a 503 is never taken as proof that nothing was processed.
@@ -47,7 +49,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -56,9 +58,9 @@ import httpx
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from hub.metrics import PLATFORM_CALLS
 from mappers.region import CST, PROVINCE_ADMDVS, PROVINCES, money_text, province_of, scrub
 
+from .errors import NotSent, OutcomeUnknown, PlatformBusy, PlatformError, PlatformNotConfigured, Refused  # noqa: F401
 from .transport import AiohttpTransport
 
 log = logging.getLogger(__name__)
@@ -85,51 +87,6 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=30.0, write=10.0, pool=10.0)
 SPLIT_FIELDS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
                 "act_pay_dedc", "hifp_pay", "acct_pay", "psn_cash_pay", "fund_pay_sumamt")
 RECON_FIELDS = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")
-
-
-# ---------------------------------------------------------------------------------------------
-# Exceptions
-# ---------------------------------------------------------------------------------------------
-
-
-class PlatformError(Exception):
-    """A platform call that did not give an answer the caller can use as it is."""
-
-    def __init__(self, message: str, *, province: str | None = None, infno: str | None = None,
-                 msgid: str | None = None):
-        super().__init__(message)
-        self.province, self.infno, self.msgid = province, infno, msgid
-
-
-class PlatformNotConfigured(PlatformError):
-    """No base URL for the province (``YRDHUB_INSURER_<P>_URL`` unset); nothing was sent."""
-
-
-class NotSent(PlatformError):
-    """Nothing left the hub (refused, DNS, connect timeout, pool exhausted): safe to resend."""
-
-
-class OutcomeUnknown(PlatformError):
-    """The message may have been processed; on a platform that does not deduplicate, ask 5205
-    before sending it again."""
-
-
-class PlatformBusy(OutcomeUnknown):
-    """HTTP 429/502/503/504. ``retry_after``: seconds the platform asked to wait, or None."""
-
-    def __init__(self, message: str, *, status_code: int, retry_after: float | None, **kw: Any):
-        super().__init__(message, **kw)
-        self.status_code, self.retry_after = status_code, retry_after
-
-
-class Refused(PlatformError):
-    """A business refusal: ``err_code`` (e.g. ``ACCUM_CONFLICT``), ``err_msg`` (Chinese, ID
-    numbers masked), ``output`` (the whole output: e.g. the current ``accum`` or the committed
-    settlement of a ``DUPLICATE_SETL_ID``)."""
-
-    def __init__(self, err_code: str, err_msg: str, output: dict[str, Any], **kw: Any):
-        super().__init__(f"{err_code}: {err_msg}", **kw)
-        self.err_code, self.err_msg, self.output = err_code, err_msg, output
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,6 +159,10 @@ _SEQ_LOCK = threading.Lock()
 _SEQ: dict[tuple[str, str], tuple[int, itertools.count]] = {}  # -> (random start, issued)
 
 
+def _unobserved(province: str, infno: str, seconds: float) -> None:
+    """The observer of a client nobody watches."""
+
+
 class PlatformClient:
     """The hub's client of the four platforms: per province, up to ``max_connections`` pooled
     connections (``settlement.transport``).
@@ -210,17 +171,21 @@ class PlatformClient:
     makes that province's calls raise ``PlatformNotConfigured``. ``sender_code``: the hub's party
     (``YRDHUB``). ``attempts``: sends per call at most (retries only where safe, see the module
     docstring). ``max_retry_after``: the longest Retry-After honoured inside a call.
-    ``transport``: an httpx transport (tests). Use as ``async with`` or call ``aclose``.
+    ``transport``: an httpx transport (tests). ``observe``: called with (province, infno,
+    seconds) after every send, answered or not (the hub passes its histogram; the domain imports
+    no metrics). Use as ``async with`` or call ``aclose``.
     """
 
     def __init__(self, base_urls: Mapping[str, str | None], *, sender_code: str = HUB_PARTY,
                  timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, attempts: int = 3,
                  backoff: float = 0.2, max_backoff: float = 2.0, max_retry_after: float = 5.0,
-                 max_connections: int = 256, transport: httpx.AsyncBaseTransport | None = None):
+                 max_connections: int = 256, transport: httpx.AsyncBaseTransport | None = None,
+                 observe: Callable[[str, str, float], None] | None = None):
         self.base_urls = {p: u.rstrip("/") for p, u in base_urls.items() if u}
         self.sender_code = sender_code
         self.attempts = attempts
         self.max_retry_after = max_retry_after
+        self._observe = observe or _unobserved
         # Exponential with jitter, so that 200 calls failing together do not come back together.
         self._backoff_wait = wait_exponential(multiplier=backoff, max=max_backoff) + wait_random(0, backoff)
         # Requests go straight to the transport (with httpx's timeouts): the client layer (URL
@@ -406,7 +371,7 @@ class PlatformClient:
             # Read timeout, reset or close after the request went out, a write cut short.
             raise OutcomeUnknown(f"{province} {infno} sent, no answer: {type(exc).__name__}", **where) from exc
         finally:
-            PLATFORM_CALLS.labels(province, infno).observe(time.perf_counter() - started)
+            self._observe(province, infno, time.perf_counter() - started)
         return self._read_answer(response, where)
 
     def _read_answer(self, response: httpx.Response, where: dict[str, str]) -> dict[str, Any]:

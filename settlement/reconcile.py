@@ -10,7 +10,7 @@ voided) against the insured platform's (3201); on a difference, the details (320
   own state when it has the setl_id but does not count it as settled);
 - ``amount_mismatch``: both count it, with other amounts.
 
-A platform that cannot be reached raises ``ReconcileUnavailable`` (the caller answers 503): a
+A platform that cannot be reached raises ``ReconcileUnavailable`` (a ``PlatformUnavailable``): a
 reconciliation is all or nothing, so a partial answer is never taken for a balanced day.
 """
 
@@ -22,14 +22,11 @@ from decimal import Decimal
 import orjson
 from sqlalchemy import select
 
+from .errors import ReconcileUnavailable
 from .models import Settlement
 from .platform import RECON_FIELDS, PlatformClient, PlatformError
 
 ZERO = Decimal("0.00")
-
-
-class ReconcileUnavailable(Exception):
-    """A platform gave no answer to 3201 or 3202 (names the province, never a person)."""
 
 
 def day_rows(engine, day: date) -> list[dict]:

@@ -37,6 +37,8 @@ from typing import Any
 
 from mappers.region import PROVINCES, is_current, province_of
 
+from .errors import ReferenceDataError  # noqa: F401  (drawn in settlement.errors)
+
 HOSPITALS_FILE = "hospitals.csv"
 CATALOGUE_FILE = "catalogue.csv"
 POLICY_FILE = "policy.json"
@@ -49,10 +51,6 @@ INSUTYPES = {"310": "职工基本医疗保险", "390": "城乡居民基本医疗
 _AREA_RE = re.compile(r"^\d{6}$")
 _HOSPITAL_CODE_RE = re.compile(r"^H\d{11}$")
 _DECIMAL_RE = re.compile(r"^\d+(\.\d+)?$")
-
-
-class ReferenceDataError(ValueError):
-    """The reference data cannot be used; the message names the file, row and field."""
 
 
 # ---------------------------------------------------------------------------------------------

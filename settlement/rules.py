@@ -53,6 +53,7 @@ from mappers.errors import InvalidValue
 from mappers.region import (CST, ZERO, area_prefix, division, is_current, money_text, normalize_resident_id,
                             province_of, resident_id_birth_date, round_money)
 
+from .errors import PersonInfoInvalid, RequestInvalid  # noqa: F401  (drawn in settlement.errors)
 from .reference import INSUTYPES, CatalogueItem, Hospital, Policy, Reference, default_reference
 
 REQUEST_ERRORS: Mapping[str, str] = {
@@ -75,22 +76,6 @@ REFUSALS: Mapping[str, str] = {
     "NOT_FILED": "未办理异地就医备案，请全额垫付后回参保地报销",
     "NO_POLICY": "参保地无适用的门诊统筹政策",
 }
-
-
-class RequestInvalid(ValueError):
-    """422: ``code`` (a key of REQUEST_ERRORS), ``location`` (the field) and a message.
-
-    The message never holds a resident ID number.
-    """
-
-    def __init__(self, code: str, message: str, location: str = "") -> None:
-        assert code in REQUEST_ERRORS, code
-        super().__init__(f"{location}: {message}" if location else message)
-        self.code, self.location, self.message = code, location, message
-
-
-class PersonInfoInvalid(ValueError):
-    """The 1101 answer is unusable (the platform's fault); the message names the field only."""
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,8 @@ in-process ``asyncio.Lock``) is held from reading the totals to learning the 220
 waiter re-reads the totals. Where the lease lapses (another process, a slow platform), the
 platform's ``accum_version`` check (``ACCUM_CONFLICT``) still keeps the totals right.
 
-    SettlementError
-    └── RunnerLost      another runner took this settlement over (its lease lapsed): stop driving
-    hub.errors.HubError
-    └── PlatformUnavailable   503 PLATFORM_UNAVAILABLE (a presettle or reconcile without answer)
+    Raises (``settlement.errors``): NotPermitted, NotFound, Conflict, InvalidRequest,
+    PlatformUnavailable to the caller; RunnerLost (another runner took this settlement over) inside.
 
 No log line holds a resident ID number: the request body stays in the database.
 """
@@ -59,15 +57,16 @@ from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from hub.auth import Party
-from hub.db import is_sqlite, writer
-from hub.errors import Conflict, Forbidden, HubError, NotFound, Unprocessable
 from mappers.region import CST, money_text, province_of, scrub
 
+from .caller import Caller as Party
+from .errors import (Conflict, InvalidRequest, NotFound, NotPermitted, PlatformUnavailable, RunnerLost,  # noqa: F401
+                     SettlementError)
 from .models import Settlement, SettlementMsgid, SettlementPersonLease
 from .platform import PlatformClient, PlatformError, OutcomeUnknown, Refused, SPLIT_FIELDS, fmt_time, interpret
 from .reference import default_reference
 from .sqlite_loop import LoopConnection
+from .storage import is_sqlite, writer
 from .rules import (PersonInfo, PersonInfoInvalid, Refusal, RequestInvalid, SettleRequest, compute_split,
                     select_coverage, validate_request)
 
@@ -89,18 +88,6 @@ OPEN = frozenset(STATUS_OF_STATE) - FINAL
 RECOMPUTE = frozenset({"ACCUM_CONFLICT", "INSUFFICIENT_BALANCE", "MSGID_REUSED", "MSG_REVERSED"})
 UNAVAILABLE = {"code": "PLATFORM_UNAVAILABLE",
                "message": "参保地平台在时限内未能确认结算，本次结算未扣费（已冲正），请全额垫付或稍后重新结算"}
-
-
-class SettlementError(Exception):
-    """A failure inside the service (never shown to a caller as it is)."""
-
-
-class RunnerLost(SettlementError):
-    """Another runner took this settlement over (ours lapsed): stop driving it."""
-
-
-class PlatformUnavailable(HubError):
-    status, code = 503, "PLATFORM_UNAVAILABLE"
 
 
 @dataclass(frozen=True)
@@ -437,19 +424,19 @@ def check_platform(party: Party, province: str, *, admin_too: bool = False) -> N
     if admin_too and party.kind == "admin":
         return
     if party.kind != "insurer" or party.code != province:
-        raise Forbidden("only the insurance platform of the hospital's province may do this")
+        raise NotPermitted("only the insurance platform of the hospital's province may do this")
 
 
 def parse_body(body: bytes, reference) -> tuple[dict, SettleRequest, Any]:
-    """(raw JSON, request, hospital); Unprocessable (422, the rules' code) when invalid."""
+    """(raw JSON, request, hospital); InvalidRequest (the rules' code) when invalid."""
     try:
         raw = orjson.loads(body)
         request = SettleRequest.from_json(raw)
         hospital = validate_request(request, reference)
     except orjson.JSONDecodeError:
-        raise Unprocessable("the body is not JSON", code="INVALID_BODY") from None
+        raise InvalidRequest("the body is not JSON", code="INVALID_BODY") from None
     except RequestInvalid as exc:
-        raise Unprocessable(str(exc), code=exc.code) from None
+        raise InvalidRequest(str(exc), code=exc.code) from None
     return raw, request, hospital
 
 
@@ -536,7 +523,7 @@ class SettlementService:
             raise PlatformUnavailable(f"the insured place's platform cannot be reached: {type(exc).__name__}") from None
         outcome = self._compute(request, person)
         if isinstance(outcome, RequestInvalid):
-            raise Unprocessable(str(outcome), code=outcome.code)
+            raise InvalidRequest(str(outcome), code=outcome.code)
         if isinstance(outcome, PersonInfoInvalid):
             raise PlatformUnavailable("the insured place's platform gave an unusable answer")
         if isinstance(outcome, Refusal):
@@ -610,7 +597,7 @@ class SettlementService:
             row = final if final is not None and final["state"] in FINAL else await self.store.aget(row["setl_id"])
         if row["state"] == "invalid":
             refusal = orjson.loads(row["refusal"])
-            raise Unprocessable(refusal["message"], code=refusal["code"])
+            raise InvalidRequest(refusal["message"], code=refusal["code"])
         answer = view(row)
         return (202 if answer["status"] == "pending" else 200), answer
 

@@ -12,7 +12,7 @@ and every answer is written before the next step starts. The platforms key each 
 ``transfer_id`` ("repeating one for the same transfer returns the first answer, on every
 province"), so resending after an unknown outcome, a hub restart or a crash is always safe and
 learns the first answer. A transfer that is not final is resumed by the background worker
-(``start_transfers``) after a restart.
+(``hub.settlement_api.start_transfers``) after a restart.
 
 Outcomes:
 - A refusal at 4101 ends the transfer ``refused`` with the platform's code and message.
@@ -56,11 +56,12 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from hub.db import writer
 from mappers.region import CST, full_name, is_current, province_of, scrub
 from settlement.platform import (HUB_PARTY, OutcomeUnknown, PlatformBusy, PlatformError, PlatformNotConfigured,
                                  Refused, new_msgid)
+from settlement.errors import CancelTooLate, TransferError, TransferInProgress, TransferNotFound  # noqa: F401
 from settlement.reference import INSUTYPES
+from settlement.storage import writer
 from settlement.transfer_models import Transfer, TransferStep
 
 log = logging.getLogger(__name__)
@@ -139,11 +140,9 @@ def parse_calendar(raw: dict[str, Any]) -> WorkCalendar:
 
 
 def load_calendar(path: str | Path | None = None) -> WorkCalendar:
-    """The calendar from ``path``, else the setting ``YRDHUB_TRANSFER_CALENDAR``, else the
-    packaged one."""
-    from hub.config import Settings
-
-    path = Path(path or Settings().transfer_calendar or DEFAULT_CALENDAR)
+    """The calendar from ``path`` (the hub passes its setting ``YRDHUB_TRANSFER_CALENDAR``), else
+    the packaged one."""
+    path = Path(path or DEFAULT_CALENDAR)
     return parse_calendar(json.loads(path.read_text(encoding="utf-8")))
 
 
@@ -160,30 +159,6 @@ def region_places() -> list[dict[str, str]]:
 
     codes = {h.admdvs for h in default_reference().hospitals.values()} | set(AREA_CODES)
     return [{"admdvs": c, "name": full_name(c) or c, "province": province_of(c)} for c in sorted(codes)]
-
-
-class TransferError(Exception):
-    """A request the saga will not take; ``status`` for HTTP, ``code``, Chinese ``message``."""
-
-    status, code = 400, "INVALID_TRANSFER"
-
-    def __init__(self, message: str, code: str | None = None, status: int | None = None):
-        super().__init__(message)
-        self.message = message
-        self.code = code or self.code
-        self.status = status or self.status
-
-
-class TransferInProgress(TransferError):
-    status, code = 409, "TRANSFER_IN_PROGRESS"
-
-
-class TransferNotFound(TransferError):
-    status, code = 404, "NOT_FOUND"
-
-
-class CancelTooLate(TransferError):
-    status, code = 409, "CANNOT_CANCEL"
 
 
 def step_row(transfer_id: str, infno: str, started_on: date, deadline: date) -> dict[str, Any]:
@@ -621,21 +596,3 @@ class TransferService:
     def stop(self) -> None:
         self._stopping = True
         self.wake()
-
-
-async def start_transfers(app) -> Callable[[], Any]:
-    """Lifespan starter: a ``TransferService`` at ``app.state.transfers`` and its worker, which
-    resumes every transfer that is not final. Options from ``app.state.transfer_options`` (a
-    dict of ``TransferService`` keyword arguments), when set. Returns the coroutine that stops it."""
-    options = dict(getattr(app.state, "transfer_options", {}) or {})
-    service = TransferService(app.state.engine, lambda: getattr(app.state, "platform", None), **options)
-    app.state.transfers = service
-    task = asyncio.ensure_future(service.run())
-
-    async def stop() -> None:
-        service.stop()
-        try:
-            await asyncio.wait_for(task, 5)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            task.cancel()
-    return stop

@@ -70,8 +70,8 @@ def hub_server(engine, database_url):
     from hub.app import create_app
     from hub.config import Settings
 
-    from settlement import api as settlement_api
-    from settlement.transfer import start_transfers
+    from hub import settlement_api
+    from hub.settlement_api import start_transfers
 
     settings = Settings(database_url=database_url, mllp_port=0, log_json=True)
     app = create_app(settings)

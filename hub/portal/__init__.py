@@ -2,7 +2,7 @@
 sign-in and sessions (``sessions``), the patient's access log (``accesslog``), their own records
 and corrections (``records``, shown by ``record_view``), small static files
 under ``/portal/static``. The transfer saga itself is ``settlement.transfer``; its lifespan starter
-is ``settlement.transfer.start_transfers``.
+is ``hub.settlement_api.start_transfers``.
 """
 
 import re

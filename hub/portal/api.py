@@ -18,30 +18,15 @@ from starlette.responses import JSONResponse
 
 from hub import api_models as m
 from hub import sharing
-from hub.errors import BadRequest, Forbidden, HubError
+from hub.errors import BadRequest, Forbidden, Unavailable, UnsupportedMediaType
 from hub.portal import accesslog, sessions
 from hub.portal.sessions import PatientSession
 from settlement.schemas import TransferCreate, TransferPublic, Transfers
-from settlement.transfer import TransferError, TransferService
+from settlement.transfer import TransferService
 
 router = APIRouter(prefix="/api/me")
 # Errors of every write (json_body): 415 without application/json, 403 CROSS_ORIGIN, 400 INVALID_JSON
 WRITE = (400, 403, 415)
-
-
-class UnsupportedMediaType(HubError):
-    status, code = 415, "UNSUPPORTED_MEDIA_TYPE"
-
-
-class Unavailable(HubError):
-    status, code = 503, "UNAVAILABLE"
-
-
-def transfer_failure(exc: TransferError) -> HubError:
-    """A saga refusal of a request as the hub's error (status, code and message kept)."""
-    error = HubError(exc.message, exc.code)
-    error.status = exc.status
-    return error
 
 
 async def json_body(request: Request) -> Any:
@@ -87,28 +72,20 @@ def me_view(session: PatientSession) -> dict[str, Any]:
 
 def create_transfer(request: Request, session: PatientSession, to_admdvs: Any, insutype: Any) -> dict[str, Any]:
     """Create a transfer for the signed-in person (shared by the JSON call and the page's form).
-    Raises the HubError of a bad request (400) or a running transfer (409)."""
+    Raises the saga's ``TransferError`` of a bad request or a running transfer (``hub.errors``
+    answers it)."""
     service = transfers_of(request)
     origin = origin_of(service, session, insutype) if isinstance(insutype, str) else None
-    try:
-        return service.create(patient_id=session.patient_id, certno=session.certno, psn_name=session.psn_name,
-                              from_admdvs=origin, to_admdvs=to_admdvs, insutype=insutype)
-    except TransferError as exc:
-        raise transfer_failure(exc) from None
+    return service.create(patient_id=session.patient_id, certno=session.certno, psn_name=session.psn_name,
+                          from_admdvs=origin, to_admdvs=to_admdvs, insutype=insutype)
 
 
 async def cancel_transfer(request: Request, session: PatientSession, transfer_id: str) -> dict[str, Any]:
-    try:
-        return await transfers_of(request).cancel(session.patient_id, transfer_id)
-    except TransferError as exc:
-        raise transfer_failure(exc) from None
+    return await transfers_of(request).cancel(session.patient_id, transfer_id)
 
 
 def get_transfer(request: Request, session: PatientSession, transfer_id: str) -> dict[str, Any]:
-    try:
-        return transfers_of(request).get(session.patient_id, transfer_id)
-    except TransferError as exc:
-        raise transfer_failure(exc) from None
+    return transfers_of(request).get(session.patient_id, transfer_id)
 
 
 @router.get("", responses=m.answers(m.Me))

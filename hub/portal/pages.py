@@ -20,14 +20,17 @@ from starlette.responses import RedirectResponse, Response
 
 from hub import api_models as m
 from hub import sharing
-from hub.errors import HubError
+from hub.errors import HubError, status_of
 from hub.portal import accesslog, api, sessions
 from hub.portal.sessions import PatientSession
 from mappers.region import PROVINCE_NAMES
+from settlement.errors import TransferError
 from settlement.reference import INSUTYPES
 from settlement.transfer import region_places
 
 router = APIRouter(prefix="/portal")
+# The errors a page shows in place (status and message), as the JSON calls would answer them
+SHOWN = (HubError, TransferError)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 SECURITY_HEADERS = {
@@ -137,7 +140,7 @@ async def post_login(request: Request) -> Response:
     except sessions.SignInFailed as exc:
         if exc.refused:
             await run_in_threadpool(state.sign_in_guard.failed, address, code)
-        return login_page(request, exc.status, exc.message, province)
+        return login_page(request, status_of(exc), exc.message, province)
     response = RedirectResponse("/portal", 303, headers=SECURITY_HEADERS)
     sessions.set_session_cookie(response, request, token, state.settings.session_hours)
     return response
@@ -235,8 +238,8 @@ async def post_transfer(request: Request) -> Response:
     chosen = {"to_admdvs": str(form.get("to_admdvs") or ""), "insutype": str(form.get("insutype") or "")}
     try:
         created = api.create_transfer(request, session, chosen["to_admdvs"], chosen["insutype"])
-    except HubError as exc:
-        return transfer_form(request, session, exc.status, exc.message, chosen)
+    except SHOWN as exc:
+        return transfer_form(request, session, status_of(exc), exc.message, chosen)
     return RedirectResponse(f"/portal/transfers/{created['id']}", 303, headers=SECURITY_HEADERS)
 
 
@@ -247,8 +250,8 @@ def transfer_page(request: Request, transfer_id: str) -> Response:
         return to_login()
     try:
         transfer = api.get_transfer(request, session, transfer_id)
-    except HubError as exc:
-        return page(request, session, "message.html", exc.status, title="未找到", message=exc.message)
+    except SHOWN as exc:
+        return page(request, session, "message.html", status_of(exc), title="未找到", message=exc.message)
     return page(request, session, "transfer.html", transfer=transfer, notice=request.query_params.get("notice"))
 
 
@@ -264,8 +267,8 @@ async def ending_form(request: Request, end: Callable[[PatientSession], Awaitabl
     session, _form = signed
     try:
         await end(session)
-    except HubError as exc:
-        if exc.status == 404:
+    except SHOWN as exc:
+        if status_of(exc) == 404:
             return page(request, session, "message.html", 404, title="未找到", message=exc.message)
         notice = "too_late"
     return RedirectResponse(f"{back}?notice={notice}", 303, headers=SECURITY_HEADERS)

@@ -2,10 +2,10 @@
 
 Sign-in (``sign_in``): the insured province's platform checks the e-voucher code with 1101,
 ``mdtrt_cert_type`` ``01``. A refusal (``TOKEN_INVALID``, ``TOKEN_EXPIRED``, ``PERSON_NOT_FOUND``)
-or an unreadable form is a ``SignInFailed`` with status 401 and a Chinese message (``refused``:
-the platform refused the code, which is what the guessing bounds of ``guard`` count); a platform
-that cannot be reached or is not configured is 503 (the code may be fine: the person should try
-later).
+or an unreadable form is a ``SignInFailed`` (401) with a Chinese message (``refused``: the
+platform refused the code, which is what the guessing bounds of ``guard`` count); a platform that
+cannot be reached or is not configured is a ``SignInUnavailable`` (503: the code may be fine, the
+person should try later). Both are drawn in ``hub.errors``.
 
 Sessions: the cookie ``yrd_session`` carries a random id (256 bits); the table holds only its
 SHA-256. Cookies are HttpOnly, ``SameSite=Strict``, ``Secure`` over HTTPS, and expire after
@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 from starlette.responses import Response
 
 from hub.db import writer
-from hub.errors import Unauthenticated
+from hub.errors import SignInFailed, SignInUnavailable, Unauthenticated
 from hub.portal.models import PortalSession
 from hub.store import patient_for_resident_id
 from mappers.errors import InvalidValue
@@ -48,12 +48,6 @@ SIGN_IN_REFUSALS = {
 # Refusals that say nothing about the code (the msgid was taken, however often it was re-picked).
 NOT_ABOUT_THE_CODE = {"MSGID_REUSED"}
 _UTC = timezone.utc
-
-
-class SignInFailed(Exception):
-    def __init__(self, status: int, message: str, refused: bool = False):
-        super().__init__(message)
-        self.status, self.message, self.refused = status, message, refused
 
 
 @dataclass(frozen=True)
@@ -85,19 +79,19 @@ def same_token(expected: str | None, given: str | None) -> bool:
 async def sign_in(platform: Any, province: str, code: str) -> dict[str, Any]:
     """Check ``code`` at ``province``'s platform; returns the 1101 output. Raises SignInFailed."""
     if province not in PROVINCE_NAMES:
-        raise SignInFailed(401, "请选择参保省份。")
+        raise SignInFailed("请选择参保省份。")
     code = (code or "").strip()
     if not code or len(code) > 64 or not code.isprintable():
-        raise SignInFailed(401, "请输入医保App中显示的电子凭证码。")
+        raise SignInFailed("请输入医保App中显示的电子凭证码。")
     if platform is None:
-        raise SignInFailed(503, "医保平台暂时无法连接，请稍后再试。")
+        raise SignInUnavailable("医保平台暂时无法连接，请稍后再试。")
     try:
         return await _person_info(platform, province, code)
     except Refused as exc:
         message = SIGN_IN_REFUSALS.get(exc.err_code, f"登录失败：{exc.err_msg or exc.err_code}")
-        raise SignInFailed(401, message, refused=exc.err_code not in NOT_ABOUT_THE_CODE) from None
+        raise SignInFailed(message, refused=exc.err_code not in NOT_ABOUT_THE_CODE) from None
     except PlatformError:
-        raise SignInFailed(503, f"{PROVINCE_NAMES[province]}医保平台暂时无法连接，请稍后再试。") from None
+        raise SignInUnavailable(f"{PROVINCE_NAMES[province]}医保平台暂时无法连接，请稍后再试。") from None
 
 
 async def _person_info(platform: Any, province: str, code: str, tries: int = 3) -> dict[str, Any]:
@@ -115,12 +109,12 @@ async def _person_info(platform: Any, province: str, code: str, tries: int = 3) 
 
 def open_session(engine: Engine, province: str, info: dict[str, Any], hours: int) -> tuple[str, PatientSession]:
     """Store a session for the person 1101 described; returns (cookie value, session).
-    SignInFailed(401) when the platform's answer holds no valid resident ID."""
+    SignInFailed when the platform's answer holds no valid resident ID."""
     base = info.get("baseinfo") or {}
     try:
         certno = normalize_resident_id(base.get("certno"))
     except InvalidValue:
-        raise SignInFailed(401, "医保平台返回的身份信息无法识别，请联系参保地医保经办机构。") from None
+        raise SignInFailed("医保平台返回的身份信息无法识别，请联系参保地医保经办机构。") from None
     token = secrets.token_urlsafe(32)
     now = datetime.now(_UTC)
     row = {"id_hash": hash_id(token), "patient_id": patient_for_resident_id(engine, certno), "province": province,

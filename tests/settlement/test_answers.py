@@ -47,6 +47,19 @@ def settled(answer) -> bytes:
             % (ids["setl_id"].encode(), ids["insurer_setl_id"].encode(), SPLIT))
 
 
+def test_the_hubs_platform_calls_are_timed(shub, sims):
+    """The domain's client times every send through the observer the hub passes (its histogram)."""
+    from prometheus_client import REGISTRY
+
+    def timed() -> float:
+        return sum(s.value for m in REGISTRY.collect() if m.name == "yrdhub_platform_call_seconds"
+                   for s in m.samples if s.name.endswith("_count") and s.labels["infno"] == "1101")
+    before = timed()
+    answer = shub.client(shub.token("insurer", "SH")).post("/settlement/presettle", json=body("T-1"))
+    assert answer.status_code == 200
+    assert timed() >= before + 1
+
+
 def test_presettle_computed_refused_invalid_and_unavailable(shub, sims):
     with check_every_answer(shub.client(shub.token("insurer", "SH"))) as c:
         computed = c.post("/settlement/presettle", json=body("P-1"))

@@ -13,6 +13,7 @@ from datetime import date, datetime
 
 import pytest
 
+from hub.config import Settings
 from mappers.region import CST
 from settlement.transfer import (TransferService, WorkCalendar, add_working_days, is_overdue, is_working_day,
                                  load_calendar, parse_calendar)
@@ -75,7 +76,8 @@ def test_calendar_is_data_and_overridable(tmp_path, monkeypatch):
     path = tmp_path / "cal.json"
     path.write_text(json.dumps({"years": {"2026": {"holidays": ["2026-11-26"], "makeup_workdays": []}}}))
     monkeypatch.setenv("YRDHUB_TRANSFER_CALENDAR", str(path))
-    custom = load_calendar()
+    custom = load_calendar(Settings().transfer_calendar)  # what the hub's starters pass
+    assert load_calendar().holidays != custom.holidays  # the domain reads no setting itself
     assert add_working_days(D("2026-11-25"), 1, custom) == D("2026-11-27")
     assert add_working_days(D("2025-12-31"), 1, custom) == D("2026-01-01")  # 2026 holidays replaced
 

@@ -45,7 +45,7 @@ def start_hub(database_url: str, sims, transfer_options: dict | None = None, ses
     starters (until the lead wires it into ``hub.app``)."""
     from hub.app import create_app
     from hub.config import Settings
-    from settlement.transfer import start_transfers
+    from hub.settlement_api import start_transfers
 
     urls = {f"insurer_{p.lower()}_url": u for p, u in (sims.urls if sims else {}).items()}
     app = create_app(Settings(database_url=database_url, mllp_port=0, map_workers=0,

@@ -12,6 +12,7 @@ an administrator may read one settlement). The work is ``settlement.service``'s;
 platforms through a ``PlatformClient`` of its own (same configuration as ``app.state.platform``,
 its own connections). Reconciliation uses ``app.state.platform``.
 
+The service's errors (``settlement.errors``) are answered by the one table of ``hub.errors``.
 What each route takes and answers is declared for ``/openapi.json`` with the models of
 ``settlement.schemas`` (``request_body``, ``answers``); the answers themselves are written here,
 as ``service``, ``reconcile`` and ``clearing`` build them.
@@ -19,20 +20,23 @@ as ``service``, ``reconcile`` and ``clearing`` build them.
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from hub import metrics
 from hub.auth import Party, bearer_party, require_admin
 from hub.errors import Unprocessable
-
-from . import clearing as clearing_mod
-from . import reconcile as reconcile_mod
-from .platform import PlatformClient
-from .schemas import (Clearing, ReconcileRequest, Reconciliation, SettlementCreate, SettlementPublic,
-                      answers, request_body)
-from .service import Options, PlatformUnavailable, SettlementService
+from settlement import clearing as clearing_mod
+from settlement import reconcile as reconcile_mod
+from settlement.platform import PlatformClient
+from settlement.schemas import (Clearing, ReconcileRequest, Reconciliation, SettlementCreate, SettlementPublic,
+                                answers, request_body)
+from settlement.service import Options, SettlementService
+from settlement.transfer import TransferService, load_calendar
 
 router = APIRouter(prefix="/settlement")
 INVALID = "the request breaks its rules: MISSING_FIELD, INVALID_FIELD, INVALID_AMOUNT, LINE_AMOUNT_MISMATCH, " \
@@ -78,11 +82,7 @@ async def reconcile(request: Request, party: Party = Depends(bearer_party)) -> R
         day = ReconcileRequest.model_validate_json(await request.body()).date
     except ValidationError:
         raise Unprocessable('the body must be {"date": "YYYY-MM-DD"}', code="INVALID_DATE") from None
-    try:
-        result = await reconcile_mod.reconcile(request.app.state.engine, request.app.state.platform, day)
-    except reconcile_mod.ReconcileUnavailable as exc:
-        raise PlatformUnavailable(str(exc)) from None
-    return _json(result)
+    return _json(await reconcile_mod.reconcile(request.app.state.engine, request.app.state.platform, day))
 
 
 @router.get("/clearing", responses=answers(
@@ -91,10 +91,7 @@ async def clearing(request: Request, month: str = Query("", description="YYYY-MM
                                                         examples=["2024-03"]),
                    party: Party = Depends(bearer_party)) -> Response:
     require_admin(party)
-    try:
-        return _json(clearing_mod.clearing(request.app.state.engine, month))
-    except ValueError as exc:
-        raise Unprocessable(str(exc), code="INVALID_MONTH") from None
+    return _json(clearing_mod.clearing(request.app.state.engine, month))
 
 
 @router.get("/{setl_id}", responses=answers(
@@ -116,7 +113,7 @@ async def start(app):
     come from ``app.state.settlement_options`` (tests) or the settings (``YRDHUB_SETTLEMENT_*``)."""
     options = (getattr(app.state, "settlement_options", None)
                or Options.from_settings(app.state.settings))
-    platform = PlatformClient(app.state.settings.insurer_urls())
+    platform = PlatformClient(app.state.settings.insurer_urls(), observe=metrics.observe_platform_call)
     service = SettlementService(app.state.engine, platform, options)
     app.state.settlement = service
     await service.start()
@@ -125,4 +122,25 @@ async def start(app):
         await service.stop()
         await platform.aclose()
 
+    return stop
+
+
+async def start_transfers(app):
+    """Lifespan starter: a ``TransferService`` at ``app.state.transfers`` and its worker, which
+    resumes every transfer that is not final. Its calendar is the setting
+    ``YRDHUB_TRANSFER_CALENDAR`` (else the packaged one); options from
+    ``app.state.transfer_options`` (a dict of ``TransferService`` keyword arguments), when set.
+    Returns the coroutine that stops it."""
+    options = dict(getattr(app.state, "transfer_options", {}) or {})
+    options.setdefault("calendar", load_calendar(app.state.settings.transfer_calendar))
+    service = TransferService(app.state.engine, lambda: getattr(app.state, "platform", None), **options)
+    app.state.transfers = service
+    task = asyncio.ensure_future(service.run())
+
+    async def stop() -> None:
+        service.stop()
+        try:
+            await asyncio.wait_for(task, 5)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            task.cancel()
     return stop
