@@ -20,6 +20,9 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
 
+# The layers (pyproject.toml, [tool.importlinter]): a broken contract fails CI before any test runs.
+lint-imports
+
 # A PostgreSQL cluster of our own, owned by the postgres user (it refuses to run as root).
 PGBIN=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")
 PGDIR=$(mktemp -d /tmp/yrdhub-pg.XXXXXX)

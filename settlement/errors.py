@@ -26,7 +26,7 @@ class to its answer in one table (``hub.errors.ANSWERS``)::
 
     ValueError
     ├── RequestInvalid       a settle request breaks a rule: ``code`` (a key of
-    │                        ``rules.REQUEST_ERRORS``), ``location``, ``message``
+    │                        ``REQUEST_ERRORS``), ``location``, ``message``
     ├── PersonInfoInvalid    the 1101 answer is unusable (the platform's fault)
     └── ReferenceDataError   the reference data cannot be used (file, row and field)
 
@@ -38,7 +38,24 @@ resident ID number.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+# The codes of a RequestInvalid (settlement-rules.md), each with what breaks it
+REQUEST_ERRORS: Mapping[str, str] = {
+    "INVALID_BODY": "the body is not a JSON object",
+    "MISSING_FIELD": "a required field is absent or empty",
+    "INVALID_FIELD": "a field has the wrong type or a value outside its codes",
+    "INVALID_AMOUNT": "money must be a decimal string >= 0 with at most two places",
+    "INVALID_QUANTITY": "a quantity must be > 0 with at most four places",
+    "INVALID_VISIT_TIME": "visit_time is not an ISO 8601 date and time",
+    "INVALID_CERT_NO": "the resident ID number fails its check (GB 11643)",
+    "NO_LINES": "a settlement needs at least one fee line",
+    "LINE_AMOUNT_MISMATCH": "a line's det_item_fee_sumamt is not cnt x pric to two places",
+    "UNKNOWN_HOSPITAL": "fixmedins_code is not a hospital of hospitals.csv",
+    "UNKNOWN_INSUPLC": "insuplc_admdvs is not a current GB/T 2260 area code of the region",
+    "INSUPLC_MISMATCH": "the insured place's platform places the coverage in another province",
+}
 
 
 class DomainError(Exception):
@@ -72,7 +89,7 @@ class Conflict(DomainError):
 
 
 class InvalidRequest(DomainError):
-    """The request breaks its rules; ``code`` is the rule's (``rules.REQUEST_ERRORS`` and the
+    """The request breaks its rules; ``code`` is the rule's (``REQUEST_ERRORS`` and the
     body's own: INVALID_BODY, INVALID_MONTH)."""
 
     code = "UNPROCESSABLE"
@@ -173,8 +190,6 @@ class RequestInvalid(ValueError):
     """
 
     def __init__(self, code: str, message: str, location: str = "") -> None:
-        from .rules import REQUEST_ERRORS  # the rules import this module
-
         assert code in REQUEST_ERRORS, code
         super().__init__(f"{location}: {message}" if location else message)
         self.code, self.location, self.message = code, location, message

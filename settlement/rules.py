@@ -26,14 +26,14 @@ two places.
 # ---------------------------------------------------------------------------------------------
 # Failures and refusals
 #
-#   ValueError
-#    ├── RequestInvalid       the request breaks the interface's rules: the hub answers 422
-#    │                        {"error": {"code", "message"}}; ``code`` is a key of REQUEST_ERRORS
+#   ValueError                (defined in settlement.errors, the package's one tree)
+#    ├── RequestInvalid       the request breaks the interface's rules (the service makes it an
+#    │                        InvalidRequest); ``code`` is a key of REQUEST_ERRORS
 #    │                        (LINE_AMOUNT_MISMATCH, UNKNOWN_HOSPITAL, INVALID_AMOUNT, ...),
 #    │                        ``location`` the field (``lines[2].pric``)
 #    ├── PersonInfoInvalid    the platform's 1101 answer cannot be used (malformed, or totals of
 #    │                        another year): the platform's fault, never the hospital's
-#    └── ReferenceDataError   (reference.py) the reference data is broken: fails at load
+#    └── ReferenceDataError   the reference data is broken: fails at load
 #
 #   Refusal                   not an exception: a business outcome, answered 200 with status
 #                             "refused"; ``code`` is a key of REFUSALS (NOT_ACTIVE, NOT_FILED,
@@ -53,23 +53,8 @@ from mappers.errors import InvalidValue
 from mappers.region import (CST, ZERO, area_prefix, division, is_current, money_text, normalize_resident_id,
                             province_of, resident_id_birth_date, round_money)
 
-from .errors import PersonInfoInvalid, RequestInvalid  # noqa: F401  (drawn in settlement.errors)
+from .errors import REQUEST_ERRORS, PersonInfoInvalid, RequestInvalid  # noqa: F401  (drawn in settlement.errors)
 from .reference import INSUTYPES, CatalogueItem, Hospital, Policy, Reference, default_reference
-
-REQUEST_ERRORS: Mapping[str, str] = {
-    "INVALID_BODY": "the body is not a JSON object",
-    "MISSING_FIELD": "a required field is absent or empty",
-    "INVALID_FIELD": "a field has the wrong type or a value outside its codes",
-    "INVALID_AMOUNT": "money must be a decimal string >= 0 with at most two places",
-    "INVALID_QUANTITY": "a quantity must be > 0 with at most four places",
-    "INVALID_VISIT_TIME": "visit_time is not an ISO 8601 date and time",
-    "INVALID_CERT_NO": "the resident ID number fails its check (GB 11643)",
-    "NO_LINES": "a settlement needs at least one fee line",
-    "LINE_AMOUNT_MISMATCH": "a line's det_item_fee_sumamt is not cnt x pric to two places",
-    "UNKNOWN_HOSPITAL": "fixmedins_code is not a hospital of hospitals.csv",
-    "UNKNOWN_INSUPLC": "insuplc_admdvs is not a current GB/T 2260 area code of the region",
-    "INSUPLC_MISMATCH": "the insured place's platform places the coverage in another province",
-}
 
 REFUSALS: Mapping[str, str] = {
     "NOT_ACTIVE": "参保状态异常，不能直接结算",
