@@ -152,7 +152,6 @@ ANSWERS: dict[type[Exception], tuple[int, str | None]] = {
     mapping.ArchiveTooLarge: (413, "PAYLOAD_TOO_LARGE"),
     mapping.ForeignSender: (403, "FOREIGN_SENDER"),
 }
-ANSWERED = tuple(ANSWERS)
 
 
 def answer_of(exc: BaseException) -> tuple[int, str]:
