@@ -139,11 +139,13 @@ async def ingest(request: Request, channel: Channel, sender: str, body: bytes,
     content_type = request.headers.get("content-type")
     try:
         result = await map_off_loop(request.app, channel, body, sender, filename)
-    except UnreadableUpload as exc:  # ArchiveTooLarge is one too; hub.errors answers them
+    except UnreadableUpload as exc:  # ArchiveTooLarge (413) is one too
         await run_in_threadpool(set_aside, engine, channel.name, sender, body, content_type,
                                 str(exc), filename)
-        too_large = isinstance(exc, ArchiveTooLarge)
-        metrics.UPLOADS.labels(channel.name, "too_large" if too_large else "unreadable").inc()
+        if isinstance(exc, ArchiveTooLarge):
+            metrics.UPLOADS.labels(channel.name, "too_large").inc()
+            raise  # hub.errors answers it (413), as the two below
+        metrics.UPLOADS.labels(channel.name, "unreadable").inc()
         raise
     except ForeignSender:
         metrics.UPLOADS.labels(channel.name, "foreign").inc()
