@@ -24,9 +24,9 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hub import api_models, metrics, store
+from hub import api_models, metrics, store, writer
 from hub.auth import Party, bearer_party, require_hospital
-from hub.db import write_retrying, writer
+from hub.db import write_retrying
 from hub.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from hub.models import Upload
 from hub.workers import start_pool
@@ -103,8 +103,16 @@ def set_summary(conn, upload_id: int, summary: dict) -> None:
 def store_mapped(engine: Engine, channel: str, sender: str, body: bytes, result: MapResult,
                  content_type: str | None, filename: str | None = None,
                  rerun_of: int | None = None) -> Outcome:
-    """Archive ``body`` and store ``result`` in one transaction; retried on a write conflict
-    (two uploads creating the same patient at once), which the second attempt then sees."""
+    """Archive ``body`` and store ``result`` in one transaction of its own (an admin's re-run);
+    retried on a write conflict (two uploads creating the same patient at once), which the
+    second attempt then sees. Requests go through the writer instead (``storing``)."""
+    return write_retrying(engine, storing(channel, sender, body, result, content_type, filename,
+                                          rerun_of))
+
+
+def storing(channel: str, sender: str, body: bytes, result: MapResult, content_type: str | None,
+            filename: str | None = None, rerun_of: int | None = None):
+    """The work that archives ``body`` and stores ``result`` in a given transaction."""
     def work(conn) -> Outcome:
         upload_id = archive(conn, channel, sender, body, content_type, filename, rerun_of)
         put = store.put_records(conn, channel, result.records, upload_id)
@@ -113,29 +121,28 @@ def store_mapped(engine: Engine, channel: str, sender: str, body: bytes, result:
                           list(result.notes))
         set_summary(conn, upload_id, outcome.summary())
         return outcome
+    return work
 
-    return write_retrying(engine, work)
 
-
-def set_aside(engine: Engine, channel: str, sender: str, body: bytes, content_type: str | None,
-              reason: str, filename: str | None = None) -> int:
-    """Archive an upload that could not be read at all, with its reason."""
-    with writer(engine).begin() as conn:
+def setting_aside(channel: str, sender: str, body: bytes, content_type: str | None, reason: str,
+                  filename: str | None = None):
+    """The work that archives an upload that could not be read at all, with its reason."""
+    def work(conn) -> int:
         upload_id = archive(conn, channel, sender, body, content_type, filename)
         set_summary(conn, upload_id, {"error": reason, "set_aside": True})
-    return upload_id
+        return upload_id
+    return work
 
 
 async def ingest(request: Request, channel: Channel, sender: str, body: bytes,
                  filename: str | None = None) -> Outcome:
     """Map and store one upload; 400 (unreadable) and 403 (another sender) after archiving."""
-    engine = request.app.state.engine
     content_type = request.headers.get("content-type")
     try:
         result = await map_off_loop(request.app, channel, body, sender, filename)
     except UnreadableUpload as exc:  # ArchiveTooLarge (413) is one too
-        await run_in_threadpool(set_aside, engine, channel.name, sender, body, content_type,
-                                str(exc), filename)
+        await writer.of(request.app).run(setting_aside(channel.name, sender, body,
+                                                       content_type, str(exc), filename))
         if isinstance(exc, ArchiveTooLarge):
             metrics.UPLOADS.labels(channel.name, "too_large").inc()
             raise PayloadTooLarge(str(exc)) from None
@@ -144,8 +151,8 @@ async def ingest(request: Request, channel: Channel, sender: str, body: bytes,
     except ForeignSender as exc:
         metrics.UPLOADS.labels(channel.name, "foreign").inc()
         raise Forbidden(str(exc), code="FOREIGN_SENDER") from None
-    outcome = await run_in_threadpool(store_mapped, engine, channel.name, sender, body, result,
-                                      content_type, filename)
+    outcome = await writer.of(request.app).run(storing(channel.name, sender, body, result,
+                                                       content_type, filename))
     metrics.UPLOADS.labels(channel.name, "stored").inc()
     metrics.RECORDS.labels(channel.name, "stored").inc(outcome.stored)
     metrics.RECORDS.labels(channel.name, "unchanged").inc(outcome.unchanged)

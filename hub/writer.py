@@ -1,0 +1,161 @@
+"""The hub's one writer of ingested records: requests queue, a batch shares one transaction.
+
+Every ingest path (``POST /ingest/*``, Shanghai's HL7 ``POST /ingest/sh`` and MLLP) maps its
+body off the event loop and then hands the writer a *work* function, ``work(conn) -> answer``,
+that archives and stores the mapped result. The writer takes everything queued, runs each work
+in turn in ONE transaction on its own thread and connection, commits, and only then resolves
+each request's future: an answer or an ACK is never sent before the commit that holds it.
+
+Why: a commit (a WAL sync on SQLite, a round trip and a flush on PostgreSQL) and the write lock
+cost far more than the rows of one message; requests that each committed queued on the lock.
+
+Semantics, item by item as if processed one after another in queue order:
+
+- each work runs in a SAVEPOINT; one that raises is rolled back to it and only its request
+  fails (with that exception), its batch-mates still commit;
+- a later item sees what an earlier one of the same batch wrote (the same record sent twice
+  answers ``stored`` then ``unchanged``, as serial processing would);
+- a work that meets a write conflict (``IntegrityError``/``OperationalError``: another process
+  created the same patient on PostgreSQL) is rolled back to its savepoint and run again, which
+  then sees what the other committed;
+- if the transaction itself fails (the commit, the connection), every item of the batch is run
+  again alone in its own transaction (``write_retrying``), so no request fails for another's
+  sake; an item that still fails gets its error.
+
+A batch holds at most ``max_items`` works, so the write lock is never held for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import Any, Callable
+
+import structlog
+from prometheus_client import Counter, Histogram
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from hub.db import write_retrying, writer
+
+log = structlog.get_logger("hub.writer")
+
+Work = Callable[[Connection], Any]
+
+COMMITS = Counter("yrdhub_writer_commits_total", "Transactions committed by the ingest writer")
+ITEMS = Histogram("yrdhub_writer_items_per_commit", "Requests stored per writer transaction",
+                  buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+FAILED = Counter("yrdhub_writer_failed_items_total", "Requests whose store work failed")
+CONFLICT_ATTEMPTS = 3
+
+
+class Writer:
+    """The queue and its one thread; see the module docstring for the semantics.
+
+    ``commits`` and ``items`` count what this writer committed (tests read them; ``/metrics``
+    has the same as ``yrdhub_writer_*``). ``before_commit``, if set, is called on the writer's
+    thread with the batch size after the works ran and before the commit (a test hook)."""
+
+    def __init__(self, engine: Engine, max_items: int = 64):
+        self.engine = engine
+        self.max_items = max_items
+        self.commits = 0
+        self.items = 0
+        self.before_commit: Callable[[int], None] | None = None
+        self._queue: list[tuple[Work, asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="writer")
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def run(self, work: Work) -> Any:
+        """``work(conn)``'s result once the transaction holding it committed (or its error)."""
+        return await self.submit(work)
+
+    def submit(self, work: Work) -> asyncio.Future:
+        """Queue ``work`` now (on the event loop's thread); the future ``run`` awaits."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append((work, future))
+        if self._task is None:
+            self._task = loop.create_task(self._drain())
+        return future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                batch = self._queue[:self.max_items]
+                del self._queue[:self.max_items]
+                try:
+                    outcomes = await loop.run_in_executor(self._thread, self._write,
+                                                          [w for w, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - nobody may wait for ever
+                    outcomes = [(False, exc)] * len(batch)
+                for (_, future), (ok, value) in zip(batch, outcomes):
+                    if future.done():  # the request went away (client disconnected)
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+        finally:
+            self._task = None
+
+    def _write(self, works: list[Work]) -> list[tuple[bool, Any]]:
+        try:
+            with writer(self.engine).begin() as conn:
+                outcomes = [_in_savepoint(conn, work) for work in works]
+                if self.before_commit is not None:
+                    self.before_commit(len(works))
+        except (IntegrityError, OperationalError) as exc:
+            log.warning("writer transaction failed; its items run alone", items=len(works),
+                        error=type(exc).__name__)
+            return [_alone(self.engine, work) for work in works]
+        self.commits += 1
+        self.items += len(works)
+        COMMITS.inc()
+        ITEMS.observe(len(works))
+        FAILED.inc(sum(1 for ok, _ in outcomes if not ok))
+        return outcomes
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+
+
+def _in_savepoint(conn: Connection, work: Work) -> tuple[bool, Any]:
+    for attempt in range(CONFLICT_ATTEMPTS):
+        try:
+            with conn.begin_nested():
+                return True, work(conn)
+        except (IntegrityError, OperationalError) as exc:
+            if attempt == CONFLICT_ATTEMPTS - 1:
+                return False, exc
+        except Exception as exc:  # noqa: BLE001 - this request's failure, not the batch's
+            return False, exc
+    raise AssertionError("unreachable")
+
+
+def _alone(engine: Engine, work: Work) -> tuple[bool, Any]:
+    try:
+        return True, write_retrying(engine, work)
+    except Exception as exc:  # noqa: BLE001 - handed to the request that owns it
+        return False, exc
+
+
+def of(app) -> Writer:
+    """The app's writer (made on first use: the app's engine, one thread)."""
+    if getattr(app.state, "writer", None) is None:
+        app.state.writer = Writer(app.state.engine)
+    return app.state.writer
+
+
+async def start(app):
+    """Starter: the writer; stopping waits for the batch in hand to commit."""
+    w = of(app)
+
+    async def stop():
+        w.close()
+    return stop
