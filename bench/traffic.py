@@ -12,19 +12,29 @@ their own validation switched off), validates every resource with ``fhir.resourc
 (R4B) ``model_validate``, dumps it with orjson and inserts it into a SQLite WAL table,
 committing every 100 resources. Its latency is the time one message (upload) takes it.
 
-Prints for each shape: messages/s (visits/s), p50/p99 latency, and the ratio hub/naive.
+Prints for each shape: messages/s (visits/s), p50/p99 latency, and the ratio hub/naive; then
+the CPU time each side spent per unit (the hub's process and its mapper processes; the naive
+process) and the hub's writer (requests per commit). On a machine shared with other work the
+CPU figures say more than the rates: two free cores give the hub at most 2 / its CPU per unit.
 
     python -m bench.traffic [--messages 1000] [--uploads 150] [--database-url URL]
+                            [--profile DIR]
+
+``--profile DIR`` records the hub (and its mapper processes) with py-spy while each shape runs
+and prints where its time went: by process and thread, then the costliest functions.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import importlib
+import signal
 import socket
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,10 +61,10 @@ def percentile(times: list[float], p: float) -> float:
 
 
 class Run:
-    """Units done, their latencies (s) and the wall time of one side of a shape."""
+    """Units done, their latencies (s), the wall time and the CPU time of one side of a shape."""
 
-    def __init__(self, units: int, latencies: list[float], seconds: float):
-        self.units, self.latencies, self.seconds = units, latencies, seconds
+    def __init__(self, units: int, latencies: list[float], seconds: float, cpu: float = 0.0):
+        self.units, self.latencies, self.seconds, self.cpu = units, latencies, seconds, cpu
 
     @property
     def rate(self) -> float:
@@ -62,7 +72,49 @@ class Run:
 
     def describe(self, unit: str) -> str:
         return (f"{self.rate:7.0f} {unit}/s, p50 {statistics.median(self.latencies) * 1000:6.1f} "
-                f"ms, p99 {percentile(self.latencies, 0.99) * 1000:6.1f} ms")
+                f"ms, p99 {percentile(self.latencies, 0.99) * 1000:6.1f} ms, CPU "
+                f"{self.cpu / self.units * 1000:5.2f} ms/{unit.rstrip('s')}")
+
+
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds used so far by ``pid`` and by its living children (the mapper processes)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    own, children = 0.0, 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        if p.pid == pid:
+            own += t.user + t.system
+        else:
+            children += t.user + t.system
+    return own, children
+
+
+@contextmanager
+def hub_cpu(pid: int, into: list):
+    """Appends the CPU seconds the hub's process and its mapper processes used during the
+    block to ``into`` (two figures)."""
+    before = tree_cpu(pid)
+    yield
+    after = tree_cpu(pid)
+    into.extend([after[0] - before[0], after[1] - before[1]])
+
+
+def writer_counts(base: str) -> tuple[float, float]:
+    """(commits, requests) the hub's writer has committed so far (from ``/metrics``)."""
+    import httpx
+
+    commits = items = 0.0
+    for line in httpx.get(base + "/metrics", timeout=30).text.splitlines():
+        if line.startswith("yrdhub_writer_commits_total "):
+            commits = float(line.split()[1])
+        elif line.startswith("yrdhub_writer_items_per_commit_sum "):
+            items = float(line.split()[1])
+    return commits, items
 
 
 def timed_pool(fn, items, workers: int) -> Run:
@@ -173,7 +225,7 @@ class Naive:
     def run(self, items, one) -> Run:
         times = []
         units = 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with mappers_without_validation():
             for item in items:
                 t = time.perf_counter()
@@ -181,7 +233,7 @@ class Naive:
                 times.append(time.perf_counter() - t)
             self.db.execute("COMMIT")
             self.db.execute("BEGIN")
-        return Run(units, times, time.perf_counter() - t0)
+        return Run(units, times, time.perf_counter() - t0, time.process_time() - c0)
 
     def hl7(self, messages: list[bytes]) -> Run:
         from mappers import shanghai_hl7v2 as sh
@@ -214,11 +266,76 @@ def _resources(record) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Profiles
+# ---------------------------------------------------------------------------------------------
 
 
-def report(label: str, unit: str, hub: Run, naive: Run) -> None:
+@contextmanager
+def profiled(pid: int, out: Path | None):
+    """py-spy on ``pid`` and its children while the block runs; a summary printed after."""
+    if out is None:
+        yield
+        return
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--subprocesses", "--rate",
+                            "100", "--format", "raw", "--nonblocking", "-o", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+    if out.exists():
+        summarize(out)
+
+
+def summarize(raw: Path, top: int = 18) -> None:
+    """Samples by process/thread, and the functions with most samples below them (inclusive)
+    among the hub's own code, SQLAlchemy, the drivers and validation."""
+    places, functions, total = collections.Counter(), collections.Counter(), 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames, n = stack.split(";"), int(n)
+        total += n
+        if any("spawn_main" in f for f in frames[:2] if f.startswith("process ")):
+            places["mapper processes"] += n
+        else:
+            places["hub process / " + _thread_of(frames)] += n
+        for name in {f for f in frames[1:] if _interesting(f)}:
+            functions[name] += n
+    print(f"  profile {raw} ({total} samples at 100/s)")
+    for place, n in places.most_common():
+        print(f"    {n / total:6.1%}  {place}")
+    for name, n in functions.most_common(top):
+        print(f"    {n / total:6.1%}  {name}")
+
+
+def _thread_of(frames: list[str]) -> str:
+    text = ";".join(frames)
+    for marker, name in (("hub/writer.py", "writer thread"), ("_worker (concurrent", "thread"),
+                         ("asyncio/runners.py", "event loop")):
+        if marker in text:
+            return name
+    return "other"
+
+
+def _interesting(frame: str) -> bool:
+    return any(k in frame for k in ("hub/", "mappers/", "sqlalchemy/engine/base.py",
+                                    "execute (", "commit (", "model_validate", "sqlite3",
+                                    "uvicorn/protocols", "fastapi/routing.py"))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def report(label: str, unit: str, hub: Run, naive: Run, writes: tuple[float, float]) -> None:
+    commits, items = writes
     print(f"{label}\n  hub   {hub.describe(unit)}\n  naive {naive.describe(unit)}\n"
-          f"  ratio hub/naive {hub.rate / naive.rate:.2f}", flush=True)
+          f"  ratio hub/naive {hub.rate / naive.rate:.2f}; CPU per {unit.rstrip('s')} "
+          f"naive/hub {naive.cpu / naive.units / (hub.cpu / hub.units):.2f}; "
+          f"writer: {items / max(commits, 1):.1f} requests per commit", flush=True)
+    own, mappers = (c / hub.units * 1000 for c in hub.cpu_split)
+    print(f"  hub CPU per {unit.rstrip('s')}: {own:.2f} ms in the hub process (HTTP/MLLP, "
+          f"writer), {mappers:.2f} ms in the mapper processes", flush=True)
 
 
 def main() -> None:
@@ -230,6 +347,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--database-url", help="the hub's database (default: SQLite in a temp dir)")
     ap.add_argument("--only", choices=("post", "mllp", "zj"), action="append")
+    ap.add_argument("--profile", type=Path, help="a folder for py-spy profiles of the hub")
     args = ap.parse_args()
     from hub.db import get_engine
 
@@ -242,6 +360,19 @@ def main() -> None:
     tokens = {h: create_token(engine, "hospital", h) for h in (SH_H, *HOSPITALS)}
     naive = Naive(workdir / "naive.db")
     shapes = args.only or ["post", "mllp", "zj"]
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+
+    def measured(shape: str, send, *send_args) -> tuple[Run, tuple[float, float]]:
+        """The hub's side of a shape: its Run (with the hub's CPU) and the writer's counts."""
+        cpu: list[float] = []
+        before = writer_counts(base)
+        with profiled(server.pid, args.profile / f"{shape}.raw" if args.profile else None):
+            with hub_cpu(server.pid, cpu):
+                run = send(*send_args)
+        after = writer_counts(base)
+        run.cpu, run.cpu_split = sum(cpu), cpu
+        return run, (after[0] - before[0], after[1] - before[1])
     print(f"hub database: {engine.dialect.name}; naive: SQLite WAL", flush=True)
     try:
         # warm-up: the hub's mapper processes and the naive process's imports
@@ -253,19 +384,22 @@ def main() -> None:
         messages = [oru(n) for n in range(2 * args.messages)]
         if "post" in shapes:
             part = messages[:args.messages]
-            report(f"ORU^R01 (10 OBX), one per POST, {args.clients} clients", "msgs",
-                   hub_http_hl7(base, tokens[SH_H], part, args.clients), naive.hl7(part))
+            hub, writes = measured("post", hub_http_hl7, base, tokens[SH_H], part, args.clients)
+            report(f"ORU^R01 (10 OBX), one per POST, {args.clients} clients", "msgs", hub,
+                   naive.hl7(part), writes)
         if "mllp" in shapes:
             part = messages[args.messages:]
+            hub, writes = measured("mllp", hub_mllp, mllp_port, part, args.connections)
             report(f"ORU^R01 (10 OBX) over MLLP, {args.connections} connections, one in flight "
-                   "each", "msgs", hub_mllp(mllp_port, part, args.connections), naive.hl7(part))
+                   "each", "msgs", hub, naive.hl7(part), writes)
         if "zj" in shapes:
             per = args.visits_per_upload
             uploads = [(HOSPITALS[i % len(HOSPITALS)],
                         upload(HOSPITALS[i % len(HOSPITALS)], i * per, per, 5000), per)
                        for i in range(args.uploads)]
-            report(f"Zhejiang uploads of {per} visits, {args.clients} clients", "visits",
-                   hub_zj(base, tokens, uploads, args.clients), naive.zj(uploads))
+            hub, writes = measured("zj", hub_zj, base, tokens, uploads, args.clients)
+            report(f"Zhejiang uploads of {per} visits, {args.clients} clients", "visits", hub,
+                   naive.zj(uploads), writes)
     finally:
         hubproc.stop(server)
 

@@ -108,9 +108,22 @@ async def handle_message(app, sender: str, message: bytes, content_type: str | N
     return acks[0]
 
 
-def storing(sender: str, items: list[tuple[bytes, sh.MessageResult]], content_type: str | None):
-    """The writer's work for one body's messages (all or nothing): their ACKs, in order."""
-    return lambda conn: _store_all(conn, sender, items, content_type)
+def storing(sender: str, items: list[tuple[bytes, sh.MessageResult]], content_type: str | None
+            ) -> writer.Batchable:
+    """The writer's work for one body's messages (all or nothing): their ACKs, in order.
+    Bodies of one sender queued together are stored by one ``_store_all``."""
+    keys = frozenset(f"sh:{r.hospital}|{r.key}" for _, m in items for r in m.result.records)
+    return writer.Batchable(("sh", sender, content_type), keys, items,
+                            lambda conn, bodies: _store_bodies(conn, sender, bodies, content_type))
+
+
+def _store_bodies(conn, sender: str, bodies: list[list], content_type) -> list[list[bytes]]:
+    acks = _store_all(conn, sender, [item for body in bodies for item in body], content_type)
+    answers, start = [], 0
+    for body in bodies:
+        answers.append(acks[start:start + len(body)])
+        start += len(body)
+    return answers
 
 
 @router.post("/ingest/sh")

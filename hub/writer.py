@@ -22,14 +22,23 @@ Semantics, item by item as if processed one after another in queue order:
   again alone in its own transaction (``write_retrying``), so no request fails for another's
   sake; an item that still fails gets its error.
 
-A batch holds at most ``max_items`` works, so the write lock is never held for long.
+Requests of one kind share statements too. A request may hand over a ``Batchable`` instead of a
+plain work: consecutive ones of the same ``kind`` (say, HL7 messages of one sender) are stored
+by ONE call of their ``store`` (one archive insert, one ``put_records``: a handful of bulk
+statements for all of them, where each statement costs far more than its rows), unless they
+share a record key: a request carrying a record that an earlier one of the run carries starts a
+new run, stored after it, so it answers ``unchanged`` as serial processing would. If the
+shared call fails, its requests are run again one by one, each in its own savepoint.
+
+A batch holds at most ``max_items`` requests, so the write lock is never held for long.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable
 
 import structlog
 from prometheus_client import Counter, Histogram
@@ -41,6 +50,20 @@ from hub.db import write_retrying, writer
 log = structlog.get_logger("hub.writer")
 
 Work = Callable[[Connection], Any]
+
+
+@dataclass(frozen=True)
+class Batchable:
+    """A request's store work that may be done together with its neighbours' (module docstring).
+
+    ``store(conn, payloads)`` stores the payloads of a run of requests of one ``kind`` and
+    returns one answer per payload, in order; it must give each the answer it would get alone
+    after the ones before it. ``keys`` are the record keys the request writes."""
+
+    kind: Hashable
+    keys: frozenset[str]
+    payload: Any
+    store: Callable[[Connection, list[Any]], list[Any]]
 
 COMMITS = Counter("yrdhub_writer_commits_total", "Transactions committed by the ingest writer")
 ITEMS = Histogram("yrdhub_writer_items_per_commit", "Requests stored per writer transaction",
@@ -62,7 +85,7 @@ class Writer:
         self.commits = 0
         self.items = 0
         self.before_commit: Callable[[int], None] | None = None
-        self._queue: list[tuple[Work, asyncio.Future]] = []
+        self._queue: list[tuple[Work | Batchable, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="writer")
 
@@ -70,11 +93,12 @@ class Writer:
     def queued(self) -> int:
         return len(self._queue)
 
-    async def run(self, work: Work) -> Any:
-        """``work(conn)``'s result once the transaction holding it committed (or its error)."""
+    async def run(self, work: Work | Batchable) -> Any:
+        """``work(conn)``'s result (a Batchable's answer) once the transaction holding it
+        committed, or its error."""
         return await self.submit(work)
 
-    def submit(self, work: Work) -> asyncio.Future:
+    def submit(self, work: Work | Batchable) -> asyncio.Future:
         """Queue ``work`` now (on the event loop's thread); the future ``run`` awaits."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -104,10 +128,10 @@ class Writer:
         finally:
             self._task = None
 
-    def _write(self, works: list[Work]) -> list[tuple[bool, Any]]:
+    def _write(self, works: list[Work | Batchable]) -> list[tuple[bool, Any]]:
         try:
             with writer(self.engine).begin() as conn:
-                outcomes = [_in_savepoint(conn, work) for work in works]
+                outcomes = [o for run in _runs(works) for o in _store_run(conn, run)]
                 if self.before_commit is not None:
                     self.before_commit(len(works))
         except (IntegrityError, OperationalError) as exc:
@@ -125,6 +149,44 @@ class Writer:
         self._thread.shutdown(wait=True)
 
 
+def _runs(works: list[Work | Batchable]) -> list[list[Work | Batchable]]:
+    """The batch cut into runs stored by one call each: consecutive Batchables of one kind
+    whose record keys do not meet; a plain work is a run of its own."""
+    runs: list[list] = []
+    keys: set[str] = set()
+    for work in works:
+        last = runs[-1][-1] if runs else None
+        if (isinstance(work, Batchable) and isinstance(last, Batchable)
+                and work.kind == last.kind and keys.isdisjoint(work.keys)):
+            runs[-1].append(work)
+            keys |= work.keys
+        else:
+            runs.append([work])
+            keys = set(work.keys) if isinstance(work, Batchable) else set()
+    return runs
+
+
+def _store_run(conn: Connection, run: list) -> list[tuple[bool, Any]]:
+    """One savepoint for the run; if it fails and holds several, each again in its own."""
+    outcome = _in_savepoint(conn, lambda c: _call(c, run))
+    if outcome[0]:
+        return [(True, answer) for answer in outcome[1]]
+    if len(run) == 1:
+        return [outcome]
+    log.warning("a shared store failed; its requests run one by one", items=len(run),
+                error=type(outcome[1]).__name__)
+    return [_in_savepoint(conn, lambda c, w=work: _call(c, [w])[0]) for work in run]
+
+
+def _call(conn: Connection, run: list) -> list[Any]:
+    if isinstance(run[0], Batchable):
+        answers = run[0].store(conn, [w.payload for w in run])
+        if len(answers) != len(run):
+            raise AssertionError(f"{len(answers)} answers for {len(run)} requests")
+        return answers
+    return [run[0](conn)]
+
+
 def _in_savepoint(conn: Connection, work: Work) -> tuple[bool, Any]:
     for attempt in range(CONFLICT_ATTEMPTS):
         try:
@@ -138,9 +200,9 @@ def _in_savepoint(conn: Connection, work: Work) -> tuple[bool, Any]:
     raise AssertionError("unreachable")
 
 
-def _alone(engine: Engine, work: Work) -> tuple[bool, Any]:
+def _alone(engine: Engine, work: Work | Batchable) -> tuple[bool, Any]:
     try:
-        return True, write_retrying(engine, work)
+        return True, write_retrying(engine, lambda conn: _call(conn, [work])[0])
     except Exception as exc:  # noqa: BLE001 - handed to the request that owns it
         return False, exc
 

@@ -23,7 +23,7 @@ from hub import ingest
 from hub.db import make_engine
 from hub.models import MessageControl, Upload
 from hub.models import Record as RecordRow
-from hub.writer import Writer
+from hub.writer import Batchable, Writer
 from tests.conftest import FIXTURES, free_port, serve_in_thread
 from tests.support.processes import serve
 from tests.support.waiting import wait_until
@@ -236,6 +236,47 @@ def test_a_failing_item_fails_alone_and_its_batch_mates_commit(db):
         acks = conn.execute(select(MessageControl.ack)).scalars().all()
     assert kept == ["first", "a", "b"]
     assert acks == [b"a"]
+
+
+def test_a_shared_store_that_fails_is_run_again_request_by_request(db):
+    """Three requests of one kind are stored by one call; that call fails because of one of
+    them, so each is stored again alone: the other two commit, the culprit gets its error."""
+    calls = []
+
+    def store_names(conn, names):
+        calls.append(list(names))
+        ids = [ingest.archive(conn, "zj", ZJ_H, b"{}", None, filename=n) for n in names]
+        if "bad" in names:
+            raise ValueError("cannot store 'bad'")
+        return ids
+
+    def item(name):
+        return Batchable("names", frozenset({name}), name, store_names)
+
+    async def scenario():
+        writer = Writer(db)
+        hold = Hold(writer)
+        first = writer.submit(lambda conn: None)
+        await asyncio.to_thread(wait_until, lambda: hold.entered == [1], 30, "the first batch")
+        rest = [writer.submit(item(n)) for n in ("a", "bad", "b")]
+        hold.release_all()
+        try:
+            return await asyncio.gather(first, *rest, return_exceptions=True)
+        finally:
+            writer.close()
+
+    results = asyncio.run(scenario())
+    assert calls == [["a", "bad", "b"], ["a"], ["bad"], ["b"]]
+    assert isinstance(results[2], ValueError)
+    with db.connect() as conn:
+        kept = conn.execute(select(Upload.filename).order_by(Upload.id)).scalars().all()
+    assert kept == ["a", "b"]
+    assert (results[1], results[3]) == (kept_id(db, "a"), kept_id(db, "b"))
+
+
+def kept_id(engine, filename: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(Upload.id).where(Upload.filename == filename)).scalar_one()
 
 
 def _sender(stop: threading.Event, send, acked: list, start: int) -> None:
