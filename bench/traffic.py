@@ -367,9 +367,9 @@ def main() -> None:
         """The hub's side of a shape: its Run (with the hub's CPU) and the writer's counts."""
         cpu: list[float] = []
         before = writer_counts(base)
-        with profiled(server.pid, args.profile / f"{shape}.raw" if args.profile else None):
-            with hub_cpu(server.pid, cpu):
-                run = send(*send_args)
+        out = args.profile / f"{shape}.raw" if args.profile else None
+        with profiled(server.pid, out), hub_cpu(server.pid, cpu):
+            run = send(*send_args)
         after = writer_counts(base)
         run.cpu, run.cpu_split = sum(cpu), cpu
         return run, (after[0] - before[0], after[1] - before[1])

@@ -2,8 +2,9 @@
 
 An ACK is sent only after the message's transaction committed (``hub.writer``): ``AA`` means
 stored, ``AE`` means kept for a person (archived, set aside with its errors, any good reports
-stored), ``AR`` means not HL7 (archived). A repeated MSH-10 from the same sender gets the first answer again and
-changes nothing (the control id is written in the same transaction as the records).
+stored), ``AR`` means not HL7 (archived). A repeated MSH-10 from the same sender gets the first
+answer again and changes nothing (the control id is written in the same transaction as the
+records).
 
 Over MLLP the sender is known by where it connects from (``YRDHUB_MLLP_SENDERS``); unset, any
 hospital may send from loopback only.
