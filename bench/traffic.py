@@ -49,7 +49,7 @@ from bench import hubproc  # noqa: E402
 from bench.ingest_formats import SH_H, oru  # noqa: E402
 from bench.zj_load import HOSPITALS, upload  # noqa: E402
 from hub.auth import create_token  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.support.common import free_port  # noqa: E402
 
 ER7 = {"Content-Type": "x-application/hl7-v2+er7"}
 MAPPERS = ("mappers.shanghai_hl7v2", "mappers.zhejiang_json")

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hub import api_models, metrics, store, writer
+from hub import api_models, arrivals, metrics, store, writer
 from hub.auth import Party, bearer_party, require_hospital
 from hub.db import write_retrying
 from hub.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
@@ -89,9 +89,10 @@ def upload_row(channel: str, sender: str, body: bytes, content_type: str | None,
 
 
 def archive(conn, channel: str, sender: str, body: bytes, content_type: str | None,
-            filename: str | None = None, rerun_of: int | None = None) -> int:
-    row = upload_row(channel, sender, body, content_type, datetime.now(timezone.utc), filename,
-                     rerun_of)
+            filename: str | None = None, rerun_of: int | None = None,
+            received_at: datetime | None = None) -> int:
+    row = upload_row(channel, sender, body, content_type,
+                     received_at or datetime.now(timezone.utc), filename, rerun_of)
     return conn.execute(insert(Upload).returning(Upload.id), [row]).scalar_one()
 
 
@@ -149,27 +150,31 @@ def store_uploads(conn, channel: str, sender: str, uploads: list[Pending]) -> li
     records = [r for u in uploads for r in u.result.records]
     origins = [i for u, i in zip(uploads, ids) for _ in u.result.records]
     put = store.put_records(conn, channel, records, ids[-1], origins)
-    outcomes = [_outcome(channel, u, i, put, alone=len(uploads) == 1)
-                for u, i in zip(uploads, ids)]
+    outcomes, arrived = [], []
+    for upload, upload_id in zip(uploads, ids):
+        stored, unchanged, rejected = _counts(channel, upload, put, alone=len(uploads) == 1)
+        rejected = upload.result.rejected + rejected
+        outcomes.append(Outcome(upload_id, stored, unchanged, [r.as_dict() for r in rejected],
+                                list(upload.result.notes)))
+        if upload.rerun_of is None:  # a re-run is nothing the hospital sent
+            arrived += arrivals.of_upload(upload_id, sender, now, channel,
+                                          upload.result.records, put, rejected)
     conn.execute(update(Upload).where(Upload.id == bindparam("w_id")),
                  [{"w_id": o.upload_id, "summary": orjson.dumps(o.summary()).decode()}
                   for o in outcomes])
+    arrivals.write(conn, arrived)
     return outcomes
 
 
-def _outcome(channel: str, upload: Pending, upload_id: int, put, alone: bool) -> Outcome:
-    """One upload's answer: ``put``'s totals when it was stored alone, else its own records'
-    outcomes (a record that counts no rows counts one)."""
-    result = upload.result
+def _counts(channel: str, upload: Pending, put, alone: bool) -> tuple[int, int, list]:
+    """(stored, unchanged, rejections by the store) of one upload: ``put``'s totals when it was
+    stored alone, else its own records' outcomes (a record that counts no rows counts one)."""
     if alone:
-        stored, unchanged, rejected = put.stored, put.unchanged, put.rejected
-    else:
-        answers = [put.outcomes[k] for k in dict.fromkeys(record_key(channel, r)
-                                                           for r in result.records)]
-        stored, unchanged = answers.count("stored"), answers.count("unchanged")
-        rejected = [a for a in answers if not isinstance(a, str)]
-    return Outcome(upload_id, stored, unchanged, [r.as_dict() for r in result.rejected + rejected],
-                   list(result.notes))
+        return put.stored, put.unchanged, put.rejected
+    answers = [put.outcomes[k] for k in dict.fromkeys(record_key(channel, r)
+                                                       for r in upload.result.records)]
+    return (answers.count("stored"), answers.count("unchanged"),
+            [a for a in answers if not isinstance(a, str)])
 
 
 def setting_aside(channel: str, sender: str, body: bytes, content_type: str | None, reason: str,

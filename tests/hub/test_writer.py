@@ -21,10 +21,10 @@ from sqlalchemy import func, select
 
 from hub import ingest
 from hub.db import make_engine
-from hub.models import MessageControl, Upload
+from hub.models import MessageControl, RecordArrival, Upload
 from hub.models import Record as RecordRow
 from hub.writer import Batchable, Writer
-from tests.conftest import FIXTURES, free_port, serve_in_thread
+from tests.support.common import FIXTURES, free_port, serve_in_thread
 from tests.support.processes import serve
 from tests.support.waiting import wait_until
 
@@ -188,6 +188,11 @@ def test_the_same_record_twice_in_one_batch_is_answered_as_if_serial(wired):
     assert msa(acks[0])[1] == "AA" and acks[0] == acks[1]  # the repeat gets the first ACK
     assert count(wired.engine, Upload, Upload.channel == "sh") == 1
     assert count(wired.engine, Upload, Upload.channel == "zj") == 3
+    ids = [a["upload_id"] for a in answers]
+    with wired.engine.connect() as conn:  # the indicators count what the answers counted
+        arrived = conn.execute(select(RecordArrival.upload_id, RecordArrival.outcome)
+                               .where(RecordArrival.upload_id.in_(ids))).all()
+    assert sorted(arrived) == sorted([(ids[0], "stored"), (ids[1], "unchanged")])
 
 
 def test_a_failing_item_fails_alone_and_its_batch_mates_commit(db):
