@@ -26,11 +26,11 @@ The rules (world/README.md, "What may be shared, and with whom"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass
 from datetime import datetime, timedelta, timezone
 
 import orjson
-from sqlalchemy import and_, bindparam, exists, false, literal, not_, or_, select
+from sqlalchemy import bindparam, exists, false, literal, or_, select
 from sqlalchemy.engine import Connection
 
 from hub import audit, masking, queries, sensitivity
@@ -77,15 +77,23 @@ class Decision:
     # consent filter, e.g. an admin) ...
     choices: SharingChoices | None = None
     province: str | None = None
-    # ... and, for a search across patients, which patients (SQL).
-    scope: list = field(default_factory=list)
+    # ... and, for a search across patients, which patients: those this hospital treats at
+    # this time (``treated_patients``).
+    scope: tuple[str, datetime] | None = None
 
     @property
-    def extra(self) -> list:
-        """The same as SQL conditions on ``resource`` (built only when a query needs them)."""
+    def filter(self) -> queries.Filter:
+        """The same as SQL conditions on ``resource``, built once per shape (``queries``)."""
         if self.choices is not None:
-            return consent_conditions(self.choices, self.province)
-        return list(self.scope)
+            choices, province = self.choices, self.province
+            return queries.Filter(("consent", *astuple(choices), province),
+                                  lambda: consent_conditions(choices, province))
+        if self.scope is not None:
+            hospital, now = self.scope
+            return queries.Filter(("scope",), _scope_conditions, {
+                "scope_hospital": hospital, "scope_cutoff": treating_cutoff(now),
+                "scope_now": utc_text(now)})
+        return queries.NO_FILTER
 
     def shows(self, row) -> bool:
         province = row.province
@@ -111,9 +119,16 @@ def _treating(hospital, cutoff, now) -> tuple:
             R.c.sort_date >= cutoff, R.c.sort_date <= now)
 
 
-def treated_patients(hospital: str, now: datetime):
-    """SQL: the patients ``hospital`` has an encounter with that started in the window."""
-    return select(R.c.patient_id).where(*_treating(hospital, treating_cutoff(now), utc_text(now)))
+def treated_patients(hospital, cutoff, now):
+    """SQL: the patients ``hospital`` has an encounter with that started in the window (an
+    index read of the hospital's encounters in the window, ``ix_resource_type_hospital_sort``,
+    not of all its encounters)."""
+    return select(R.c.patient_id).where(*_treating(hospital, cutoff, now))
+
+
+def _scope_conditions() -> list:
+    return [R.c.patient_id.in_(treated_patients(
+        bindparam("scope_hospital"), bindparam("scope_cutoff"), bindparam("scope_now")))]
 
 
 def _facts_statement():
@@ -177,7 +192,7 @@ def decide(conn: Connection, caller: Caller, patient_id: str | None,
         return Decision(False, f"a {party.kind} may not read clinical records")
     province = province_of(party.code)
     if patient_id is None:
-        return Decision(True, scope=[R.c.patient_id.in_(treated_patients(party.code, now))])
+        return Decision(True, scope=(party.code, now))
     treating, choices = facts(conn, party.code, patient_id, now)
     if not (treating or caller.emergency_reason):
         return Decision(False, "no encounter with this patient in the last 30 days; "
@@ -224,12 +239,11 @@ def _refuse(engine, caller: Caller, patient_id, what: str, decision: Decision):
     raise Forbidden(decision.reason)
 
 
-def _hidden(conn: Connection, patient_id: str, extra: list) -> frozenset:
+def _hidden(conn: Connection, patient_id: str, decision: Decision) -> frozenset:
     """Ids of the patient's resources the caller may not see (to cut references to them)."""
-    if not extra:
+    if decision.choices is None or not consent_conditions(decision.choices, decision.province):
         return frozenset()
-    rows = conn.execute(select(R.c.res_type, R.c.res_id).where(
-        R.c.patient_id == patient_id, R.c.deleted.is_(False), not_(and_(*extra)))).all()
+    rows = queries.hidden_ids(conn, patient_id, decision.filter)
     return frozenset(f"{t}/{i}" for t, i in rows)
 
 
@@ -320,7 +334,7 @@ def _audit_one(engine, caller: Caller, row, what: str, detail: str | None = None
 
 
 def _hidden_of(conn: Connection, row, decision: Decision) -> frozenset:
-    return _hidden(conn, row.patient_id, decision.extra) if row.patient_id else frozenset()
+    return _hidden(conn, row.patient_id, decision) if row.patient_id else frozenset()
 
 
 def search(conn: Connection, engine, caller: Caller, res_type: str,
@@ -335,20 +349,21 @@ def search(conn: Connection, engine, caller: Caller, res_type: str,
     pinned = _pinned_patient(conn, res_type, params)
     if res_type in SHARED_TYPES and caller.party.kind in ("hospital", "admin"):
         # hospitals and practitioners are nobody's personal data
-        page = queries.search_page(conn, res_type, params, count, offset, [], sort, with_total)
+        page = queries.search_page(conn, res_type, params, count, offset, queries.NO_FILTER,
+                                   sort, with_total)
         return Answer(page.rows, page.total, False, caller, masked=False, more=page.more)
     decision = decide(conn, caller, pinned)
     if not decision.allowed:
         _refuse(engine, caller, pinned, what, decision)
-    page = queries.search_page(conn, res_type, params, count, offset, decision.extra, sort,
-                               with_total)
-    withheld = pinned is not None and queries.count_withheld(
-        conn, res_type, params, decision.extra) > 0
+    page = queries.search_page(conn, res_type, params, count, offset, decision.filter, sort,
+                               with_total, withheld=pinned is not None)
     patients = sorted({r.patient_id for r in page.rows if r.patient_id} | ({pinned} - {None}))
     _audit(engine, caller, patients, what, "allowed")
-    hidden = _hidden(conn, pinned, decision.extra) if pinned else frozenset()
-    return Answer(page.rows, page.total, withheld, caller, hidden, decision.masked, page.more,
-                  _disputed(conn, page.rows))
+    # only the types that reference others need to know what is hidden (``_cut_hidden``)
+    cuts = pinned and res_type in _REFERENCE_LISTS
+    hidden = _hidden(conn, pinned, decision) if cuts else frozenset()
+    return Answer(page.rows, page.total, page.withheld > 0, caller, hidden, decision.masked,
+                  page.more, _disputed(conn, page.rows))
 
 
 def _pinned_patient(conn: Connection, res_type: str, params) -> str | None:
@@ -360,8 +375,8 @@ def _pinned_patient(conn: Connection, res_type: str, params) -> str | None:
     if len(values) == 1 and "," not in values[0]:
         return values[0].split("/")[-1]
     if res_type == "Patient" and any(n == "identifier" for n, _ in params):
-        page = queries.search_page(conn, "Patient", params, 2, 0, [])
-        if page.total == 1:
+        page = queries.search_page(conn, "Patient", params, 1, 0, with_total=False)
+        if len(page.rows) == 1 and not page.more:  # one query, no count
             return page.rows[0].res_id
     return None
 
@@ -388,9 +403,12 @@ def _disputed(conn: Connection, rows: list) -> frozenset:
     patients = sorted({r.patient_id for r in rows if r.patient_id})
     if not patients:
         return frozenset()
-    found = conn.execute(select(C.c.res_type, C.c.res_id).where(
-        C.c.patient_id.in_(patients), C.c.status == "open")).all()
+    found = conn.execute(_OPEN_CORRECTIONS, {"pids": patients}).all()
     return frozenset(f"{t}/{i}" for t, i in found)
+
+
+_OPEN_CORRECTIONS = select(C.c.res_type, C.c.res_id).where(
+    C.c.patient_id.in_(bindparam("pids", expanding=True)), C.c.status == "open")
 
 
 def _partition(decision: Decision, rows: list) -> tuple[list, frozenset]:
