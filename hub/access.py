@@ -112,10 +112,17 @@ def treating_cutoff(now: datetime) -> str:
     return utc_text(now - TREATING_WINDOW)
 
 
-def _treating(hospital, cutoff, now) -> tuple:
+def _treating(hospital, cutoff, now, one_patient: bool = False) -> tuple:
     """The treating rule in SQL, once: an encounter of ``hospital`` that started between
-    ``cutoff`` and ``now`` (values, or bind parameters for a statement built once)."""
-    return (R.c.res_type == "Encounter", R.c.hospital == hospital, R.c.deleted.is_(False),
+    ``cutoff`` and ``now`` (values, or bind parameters for a statement built once).
+
+    ``one_patient``: the rule for one patient, read from that patient's encounters
+    (``ix_resource_patient_type_sort``). There the hospital is compared as ``hospital || ''``,
+    which no index serves: otherwise SQLite reads the hospital's encounters of the window
+    instead (``ix_resource_type_hospital_sort``, as many as the hospital has visits in a
+    month) for what the patient's few encounters answer."""
+    at = R.c.hospital.concat("") if one_patient else R.c.hospital
+    return (R.c.res_type == "Encounter", at == hospital, R.c.deleted.is_(False),
             R.c.sort_date >= cutoff, R.c.sort_date <= now)
 
 
@@ -136,7 +143,7 @@ def _facts_statement():
     statement per read cost more than running it)."""
     S = Sharing.__table__
     treating = exists(select(R.c.patient_id).where(
-        *_treating(bindparam("hospital"), bindparam("cutoff"), bindparam("now")),
+        *_treating(bindparam("hospital"), bindparam("cutoff"), bindparam("now"), True),
         R.c.patient_id == bindparam("pid")))
     return (select(treating.label("treating"), S.c.cross_province, S.c.mental, S.c.hiv, S.c.sti)
             .select_from(select(literal(1).label("one")).subquery())
