@@ -353,7 +353,7 @@ def search(conn: Connection, engine, caller: Caller, res_type: str,
     what = f"search {res_type}"
     if res_type == "AuditEvent":
         return _search_audit(conn, engine, caller, params, count, offset, sort)
-    pinned = _pinned_patient(conn, res_type, params)
+    pinned, found = _pinned_patient(conn, res_type, params)
     if res_type in SHARED_TYPES and caller.party.kind in ("hospital", "admin"):
         # hospitals and practitioners are nobody's personal data
         page = queries.search_page(conn, res_type, params, count, offset, queries.NO_FILTER,
@@ -362,8 +362,11 @@ def search(conn: Connection, engine, caller: Caller, res_type: str,
     decision = decide(conn, caller, pinned)
     if not decision.allowed:
         _refuse(engine, caller, pinned, what, decision)
-    page = queries.search_page(conn, res_type, params, count, offset, decision.filter, sort,
-                               with_total, withheld=pinned is not None)
+    if found is not None:  # the search itself, already run: its one match
+        page = _page_of_one(found, decision, count, offset, with_total)
+    else:
+        page = queries.search_page(conn, res_type, params, count, offset, decision.filter, sort,
+                                   with_total, withheld=pinned is not None)
     patients = sorted({r.patient_id for r in page.rows if r.patient_id} | ({pinned} - {None}))
     _audit(engine, caller, patients, what, "allowed")
     # only the types that reference others need to know what is hidden (``_cut_hidden``)
@@ -373,19 +376,31 @@ def search(conn: Connection, engine, caller: Caller, res_type: str,
                   page.more, _disputed(conn, page.rows))
 
 
-def _pinned_patient(conn: Connection, res_type: str, params) -> str | None:
+def _pinned_patient(conn: Connection, res_type: str, params) -> tuple[str | None, object]:
     """The one patient a search is about, if it names exactly one (``patient``, or ``_id`` /
-    ``identifier`` on Patient resolving to one)."""
+    ``identifier`` on Patient resolving to one); and, when finding it ran the search itself
+    (``identifier``), its one match (the Patient row), else None."""
     values = [v for n, v in params if n == "patient"]
     if res_type == "Patient":
         values += [v for n, v in params if n == "_id"]
     if len(values) == 1 and "," not in values[0]:
-        return values[0].split("/")[-1]
+        return values[0].split("/")[-1], None
     if res_type == "Patient" and any(n == "identifier" for n, _ in params):
         page = queries.search_page(conn, "Patient", params, 1, 0, with_total=False)
         if len(page.rows) == 1 and not page.more:  # one query, no count
-            return page.rows[0].res_id
-    return None
+            return page.rows[0].res_id, page.rows[0]
+    return None, None
+
+
+def _page_of_one(row, decision: Decision, count: int, offset: int,
+                 with_total: bool) -> queries.Page:
+    """The page of a search whose only match is ``row`` (found with every criterion, before
+    the caller's rules): shown or withheld by ``decision``, then paged like any answer. A
+    lookup by identifier reads the Patient once, not three times (find, count, page)."""
+    shown = decision.shows(row)
+    rows = [row] if shown and count and offset == 0 else []
+    return queries.Page(int(shown) if with_total or not count else None, rows, False,
+                        int(not shown))
 
 
 def everything(conn: Connection, engine, caller: Caller, patient_id: str) -> Answer:
