@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import hubproc  # noqa: E402
 from bench.make_store import BENCH_HOSPITAL, resident_id  # noqa: E402
+from bench.settle import cpu_split  # noqa: E402
 from hub.auth import create_token  # noqa: E402
 from hub.db import make_engine  # noqa: E402
 from mappers.common import RESIDENT_ID_SYSTEM, make_id  # noqa: E402
@@ -131,7 +132,7 @@ def row(name: str, hub: list[float], base: list[float], q: float) -> str:
     return f"{name:<44} {h:8.2f} ms  {b:8.3f} ms  {h / b:7.1f}x"
 
 
-async def run(args, ports: list[int], token: str) -> None:
+async def run(args, ports: list[int], token: str, pids: list[int]) -> None:
     people = list(range(1, args.treated + 1))
     rids = [resident_id(n) for n in people]
     by_id = [f"/fhir/Patient?identifier={RESIDENT_ID_SYSTEM}%7C{r}" for r in rids]
@@ -143,7 +144,9 @@ async def run(args, ports: list[int], token: str) -> None:
     id_1, _ = await timed(one, by_id, args.n)
     ev_1, _ = await timed(one, every, args.n)
     ev_8, _ = await timed(eight, every, args.n)
+    cpu0 = [sum(cpu_split(p)) for p in pids]
     id_8, wall_8 = await timed(eight, by_id, args.n * 2)
+    cpu_ms = sum(sum(cpu_split(p)) - c for p, c in zip(pids, cpu0)) / len(id_8) * 1000
     size = len(await _entries(await Conn(ports[0], token).open(), every[0]))
     ident = [(r, RESIDENT_ID_SYSTEM) for r in rids]
     pids = [(make_id("Patient", "rid:" + r),) for r in rids]
@@ -161,6 +164,8 @@ async def run(args, ports: list[int], token: str) -> None:
     hub_rate, base_rate = len(id_8) / wall_8, len(nid_8) / nwall_8
     print(f"{'Patient?identifier= lookups/s, 8 clients':<44} {hub_rate:8.0f} /s  "
           f"{base_rate:8.0f} /s  {base_rate / hub_rate:7.1f}x")
+    print(f"hub CPU per lookup with 8 clients: {cpu_ms:.2f} ms (all hub processes; one core "
+          f"would serve {1000 / cpu_ms:.0f}/s: the rate above is what this machine's load left)")
     print(f"(1 client p50 in ms: identifier {statistics.median(id_1):.2f}, "
           f"$everything {statistics.median(ev_1):.2f}; resources per $everything "
           f"{size})")
@@ -192,7 +197,7 @@ def main() -> None:
     try:
         print(f"store: {total:,} resources ({engine.dialect.name}); {len(hubs)} hub "
               f"process(es); {args.n} requests per figure")
-        asyncio.run(run(args, ports, token))
+        asyncio.run(run(args, ports, token, [h.pid for h in hubs]))
     finally:
         for h in hubs:
             hubproc.stop(h)
