@@ -72,7 +72,7 @@ def bill(person: dict, key: str) -> tuple[str, dict]:
         "lines": [{"med_list_codg": "XJ01CAA040A001", "cnt": "1", "pric": "18.60", "det_item_fee_sumamt": "18.60"}]}
 
 
-def start_hub(db: "Path | str", sims_env: dict, port: int, extra_env: dict | None = None) -> subprocess.Popen:
+def start_hub(db: Path | str, sims_env: dict, port: int, extra_env: dict | None = None) -> subprocess.Popen:
     """The hub as a subprocess (``bench.hubproc``) on a SQLite file or a database URL; waits for
     /healthz."""
     from bench import hubproc
@@ -81,7 +81,7 @@ def start_hub(db: "Path | str", sims_env: dict, port: int, extra_env: dict | Non
     return hubproc.start(url, port, 0, {**sims_env, "YRDHUB_MAP_WORKERS": "0", **(extra_env or {})})
 
 
-def tokens(db: "Path | str") -> dict[str, str]:
+def tokens(db: Path | str) -> dict[str, str]:
     from hub.auth import create_token
     from hub.db import make_engine
 
@@ -106,7 +106,7 @@ async def feed(queue: asyncio.Queue, persons: list[dict], n: int, callers: int, 
         queue.put_nowait(None)
 
 
-async def run(url: "str | list[str]", toks: dict, persons: list[dict], n: int, callers: int,
+async def run(url: str | list[str], toks: dict, persons: list[dict], n: int, callers: int,
               latency: float, pids: dict[str, int], rate: float | None = None, warmup: float = 2.0,
               prefix: str = "B") -> None:
     """``url``: the hub, or several hubs on one database (callers take turns between them)."""
@@ -306,7 +306,7 @@ HUB_CHECKS = {
 }
 
 
-def exactly_once(db: "Path | str", sims_env: dict, prefix: str, n: int) -> str:
+def exactly_once(db: Path | str, sims_env: dict, prefix: str, n: int) -> str:
     """After the run: what the hub recorded (the queries are printed with their answers) and
     what the platforms committed: a settlement (2207) committed twice for one setl_id on a
     platform, or settled at the hub and absent from the platform, would be a double or a lost
