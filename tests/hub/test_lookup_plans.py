@@ -5,9 +5,10 @@ nor read any table whole.
 Each read path runs against a store, then against the same store with many more patients and
 encounters at the reading hospital (recent and old), and the statements it ran are captured.
 Their number must be the same at both sizes, and each statement's plan must read no table
-whole: on SQLite no ``SCAN <table>`` in ``EXPLAIN QUERY PLAN`` (its planner has no statistics
-here, so the plan is the one a large store gets), on PostgreSQL no ``Seq Scan`` with
-``enable_seqscan`` off (a sequential scan then appears only where no index can serve).
+whole: on SQLite no ``SCAN <table>`` and no index search on a type's rows alone in ``EXPLAIN
+QUERY PLAN`` (its planner has no statistics here, so the plan is the one a large store gets), on
+PostgreSQL no ``Seq Scan`` with ``enable_seqscan`` off (a sequential scan then appears only
+where no index can serve).
 """
 
 from __future__ import annotations
@@ -117,11 +118,11 @@ def _sqlite_whole(line: str) -> bool:
 
 
 def _postgres_whole(line: str) -> bool:
-    if re.search(r"Seq Scan on (%s)\b" % "|".join(TABLES), line):
-        return True
-    if not line.startswith(("Index Cond:", "Recheck Cond:")):
-        return False
-    return set(re.findall(r"\(?(\w+)\)?(?:::\w+)?\s*(?:=|<|>)", line)) <= BROAD
+    # Only a sequential scan, which enable_seqscan=off leaves where no index serves: which index
+    # PostgreSQL picks depends on its statistics, and on the few rows here a type's prefix of
+    # the primary key can be its cheapest plan (SQLite, without statistics, plans as for a
+    # large store: there the broad index read is caught too).
+    return bool(re.search(r"Seq Scan on (%s)\b" % "|".join(TABLES), line))
 
 
 def read_paths(engine, pid: str, observation: str) -> dict[str, list]:
