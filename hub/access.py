@@ -235,9 +235,10 @@ def _audit(engine, caller: Caller, patient_ids, what: str, outcome: str,
            detail: str | None = None) -> None:
     # a patient reading their own: ``patient_id`` already says who
     code = None if caller.party.kind == "patient" else caller.party.code
+    # one request, one ``lookup`` row, however many patients it showed
     events = [audit.ReadEvent(caller.party.kind, code, pid, caller.purpose,
-                              outcome, what, caller.emergency_reason, detail)
-              for pid in (patient_ids or [None])]
+                              outcome, what, caller.emergency_reason, detail, lookup=n == 0)
+              for n, pid in enumerate(patient_ids or [None])]
     audit.record(engine, events)
 
 

@@ -47,6 +47,8 @@ class PutResult:
     rejected: list[Rejection] = field(default_factory=list)
     patients: set[str] = field(default_factory=set)
     outcomes: dict[str, "str | Rejection"] = field(default_factory=dict)
+    # per record key not rejected: what the answer counted for it (1, or its rows)
+    units: dict[str, int] = field(default_factory=dict)
 
 
 def record_digest(record: Record) -> str:
@@ -103,6 +105,7 @@ def put_records(conn: Connection, channel: str, records: list[Record],
             result.rejected.append(outcome)
             continue
         stored, unchanged = _count(record, row, outcome == "unchanged")
+        result.units[key] = stored + unchanged
         result.stored += stored
         result.unchanged += unchanged
         if outcome == "unchanged":

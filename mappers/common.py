@@ -1,8 +1,8 @@
 """Shared pieces of every province mapper: the result contract, identifiers, dates, numbers, text.
 
 A mapper is a pure function ``map_upload(body: bytes, sender: str) -> MapResult``: bytes in, FHIR
-R4 resources (plain dicts, validated with ``fhir.resources.R4B``) and located rejections out. It
-never touches a database or the network.
+R4 resources (plain dicts, each checked by ``validate`` against the official R4 4.0.1 JSON
+schema) and located rejections out. It never touches a database or the network.
 
 Contract with the hub (``hub/ingest.py`` relies on it):
 
@@ -476,38 +476,16 @@ def reference_range(raw: Any, unit: str | None = None) -> list[dict] | None:
 
 
 def validate(resource: dict[str, Any]) -> dict[str, Any]:
-    """Validate a resource dict as R4 (``fhir.resources.R4B``) and return it unchanged.
+    """Validate a resource dict as FHIR R4 4.0.1 (``mappers.validation``: the official JSON
+    schema, compiled, and the rules it cannot state) and return it unchanged.
 
-    Raises InvalidValue with the first validation error's path and message. A resource equal to
-    one already validated in this process (a hospital's Organization in every visit of an
-    upload) is not validated again: validation is most of a mapper's time.
+    Raises InvalidValue (``R4Error``) naming the first bad element and why, e.g.
+    ``Observation.status: "bogus" is not one of ...``.
     """
-    import orjson
+    from mappers.validation import validate as validate_r4  # it imports this module
 
-    key = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
-    if key in _VALID:
-        return resource
-    _validate_uncached(resource)
-    if len(_VALID) > 4096:
-        _VALID.clear()
-    _VALID.add(key)
+    validate_r4(resource)
     return resource
-
-
-_VALID: set[bytes] = set()
-
-
-def _validate_uncached(resource: dict[str, Any]) -> None:
-    from fhir.resources.R4B import get_fhir_model_class
-    from pydantic import ValidationError as PydanticValidationError
-
-    model = get_fhir_model_class(resource["resourceType"])
-    try:
-        model.model_validate(resource)
-    except PydanticValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        raise InvalidValue(f"{resource['resourceType']}.{where}: {err.get('msg')}") from None
 
 
 def insurance_identifier(card: str, place: str | None) -> dict[str, Any]:

@@ -51,6 +51,7 @@ from collections.abc import Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -196,6 +197,18 @@ _BUSY = object()  # Store._on_loop: SQLite was busy, run it in a thread
 def _is_busy(exc: OperationalError) -> bool:
     code = getattr(exc.orig, "sqlite_errorcode", None) or 0  # extended: BUSY_SNAPSHOT is BUSY too
     return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc.orig)
+
+
+def figures_of(values: dict) -> dict:
+    """The columns the cooperation indicators group and sum by (``refusal_code``, and
+    ``medfee_fen``: ``medfee_sumamt`` in whole fen, exact on every database), written with the
+    JSON they come from so that they never disagree with it."""
+    out: dict = {}
+    if isinstance(values.get("split"), str):
+        out["medfee_fen"] = int(Decimal(orjson.loads(values["split"])["medfee_sumamt"]) * 100)
+    if isinstance(values.get("refusal"), str):
+        out["refusal_code"] = str(orjson.loads(values["refusal"]).get("code") or "")[:40] or None
+    return out
 
 
 class Store:
@@ -353,7 +366,7 @@ class Store:
                                                         "b_limit": limit, "b_provinces": provinces})]
 
     def _stamp(self, values: dict) -> dict:
-        return {**values, "updated_at": utcnow(), "run_until": time.time() + self.lease}
+        return {**values, **figures_of(values), "updated_at": utcnow(), "run_until": time.time() + self.lease}
 
     # -- the same, asynchronous (from the event loop) -------------------------------------------
 

@@ -176,13 +176,15 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
-def set_session_cookie(response: Response, request: Request, token: str, hours: int) -> None:
-    response.set_cookie(COOKIE, token, max_age=hours * 3600, httponly=True, samesite="strict",
-                        secure=_secure(request), path="/")
+def set_session_cookie(response: Response, request: Request, token: str, hours: int,
+                       name: str = COOKIE, path: str = "/") -> None:
+    """The session cookie (the administrators' is another ``name``, on ``/admin`` only)."""
+    response.set_cookie(name, token, max_age=hours * 3600, httponly=True, samesite="strict",
+                        secure=_secure(request), path=path)
 
 
-def clear_session_cookie(response: Response, request: Request) -> None:
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=_secure(request))
+def clear_session_cookie(response: Response, request: Request, name: str = COOKIE, path: str = "/") -> None:
+    response.delete_cookie(name, path=path, httponly=True, samesite="strict", secure=_secure(request))
 
 
 def login_token(request: Request) -> str:
@@ -191,6 +193,6 @@ def login_token(request: Request) -> str:
     return token if token and len(token) <= 100 else secrets.token_urlsafe(24)
 
 
-def set_login_cookie(response: Response, request: Request, token: str) -> None:
+def set_login_cookie(response: Response, request: Request, token: str, path: str = "/portal") -> None:
     response.set_cookie(CSRF_COOKIE, token, max_age=3600, httponly=True, samesite="strict",
-                        secure=_secure(request), path="/portal")
+                        secure=_secure(request), path=path)

@@ -12,7 +12,7 @@ import pytest
 from hub import cli
 from mappers import shanghai_hl7v2
 from mappers.common import CST
-from tests.conftest import FIXTURES
+from tests.support.common import FIXTURES
 from yrdhub_demo import shipped, story
 
 DATA = shipped.data_root()
