@@ -37,7 +37,7 @@ from bench.settle import cpu_split  # noqa: E402
 from hub.auth import create_token  # noqa: E402
 from hub.db import make_engine  # noqa: E402
 from mappers.common import RESIDENT_ID_SYSTEM, make_id  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.support.common import free_port  # noqa: E402
 
 
 class Conn:

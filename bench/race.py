@@ -29,7 +29,7 @@ from bench import hubproc  # noqa: E402
 from bench.zj_load import HOSPITALS, resident_id, upload  # noqa: E402
 from hub.auth import create_token  # noqa: E402
 from hub.db import make_engine  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.support.common import free_port  # noqa: E402
 
 HOSPITAL = HOSPITALS[2]
 

@@ -27,7 +27,7 @@ from hub.db import writer
 from hub.store import put_records
 from mappers.common import CST, RESIDENT_ID_SYSTEM, check_character
 from mappers.zhejiang_json import map_upload
-from tests.conftest import FIXTURES
+from tests.support.common import FIXTURES
 from tests.support.visits import RID, ZJ_H, zj_visit
 
 TABLES = ("resource", "search_index", "sharing", "correction", "audit_event", "patient",
