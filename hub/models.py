@@ -34,6 +34,9 @@ class Resource(SQLModel, table=True):
     __table_args__ = (
         Index("ix_resource_patient_type_sort", "patient_id", "res_type", "sort_date"),
         Index("ix_resource_record", "record_key"),
+        # the treating window across patients (hub.access.treated_patients), migration 0008
+        Index("ix_resource_type_hospital_sort", "res_type", "hospital", "sort_date",
+              "patient_id"),
     )
     res_type: str = Field(primary_key=True, max_length=40)
     res_id: str = Field(primary_key=True, max_length=64)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -64,6 +65,7 @@ def dumps(resource: dict[str, Any]) -> bytes:
                         option=orjson.OPT_SORT_KEYS)
 
 
+@lru_cache(maxsize=4096)  # the resources of one upload share their time: $everything's rows
 def instant(when: datetime) -> str:
     """A stored time as a FHIR instant, in UTC (``meta.lastUpdated``)."""
     return when.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
