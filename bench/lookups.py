@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import hubproc  # noqa: E402
+from tests.support import hubproc  # noqa: E402
 from bench.make_store import BENCH_HOSPITAL, resident_id  # noqa: E402
 from bench.settle import cpu_split  # noqa: E402
 from hub.auth import create_token  # noqa: E402

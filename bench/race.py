@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx  # noqa: E402
 from sqlalchemy import bindparam, text  # noqa: E402
 
-from bench import hubproc  # noqa: E402
+from tests.support import hubproc  # noqa: E402
 from bench.zj_load import HOSPITALS, resident_id, upload  # noqa: E402
 from hub.auth import create_token  # noqa: E402
 from hub.db import make_engine  # noqa: E402

@@ -45,7 +45,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import hubproc  # noqa: E402
+from tests.support import hubproc  # noqa: E402
 from bench.ingest_formats import SH_H, oru  # noqa: E402
 from bench.zj_load import HOSPITALS, upload  # noqa: E402
 from hub.auth import create_token  # noqa: E402

@@ -19,7 +19,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from bench.settle import bill, make_persons, start_hub, tokens
+from tests.support.bills import bill, make_persons, start_hub, tokens
 from settlement import simulator
 from settlement.simulator import PROVINCE_ADMDVS
 from tests.support.common import free_port
