@@ -25,6 +25,6 @@ from settlement.simulated.platform import (LEDGER_KINDS, PROVINCE_ADMDVS, PROVIN
 from settlement.simulated.server import (CLOSE_AFTER_ANSWER, ProvinceServer, Simulators,
                                          start_simulators)
 
-__all__ = ["BUSY_FAULTS", "CLOSE_AFTER_ANSWER", "FAULT_KINDS", "Faults", "LEDGER_KINDS", "PROVINCE_ADMDVS",
-           "PROVINCE_OF_PREFIX", "Plan", "Platform", "ProvinceServer", "SimRefusal", "Simulators", "World",
-           "load_persons", "start_simulators"]
+__all__ = ["BUSY_FAULTS", "CLOSE_AFTER_ANSWER", "FAULT_KINDS", "LEDGER_KINDS", "PROVINCE_ADMDVS",
+           "PROVINCE_OF_PREFIX", "Faults", "Plan", "Platform", "ProvinceServer", "SimRefusal", "Simulators",
+           "World", "load_persons", "start_simulators"]

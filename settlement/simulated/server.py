@@ -305,7 +305,7 @@ class Simulators:
         if self._loop.is_running():
             try:
                 self._on_loop(self._close_all(), timeout=5)
-            except Exception:  # noqa: BLE001 - stopping anyway
+            except Exception:
                 log.exception("stopping the simulators")
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)

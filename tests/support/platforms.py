@@ -174,6 +174,7 @@ class SandboxPlatforms(Simulators):
         self.control.close()
         self.proc.terminate()
         self.proc.wait(10)
+        self.proc.stdout.close()  # the pipe its port was read from
         Path(self._seed.name).unlink(missing_ok=True)
 
 
