@@ -107,7 +107,8 @@ class ProvinceServer:
             return copy.deepcopy(self.platform.received)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._connection_fate])
+        # Only the provinces that close after each answer pay for the middleware.
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[] if self.keep_alive else [self._close_after])
         app.router.add_get("/_sim/{view:ledger|received|health}", self._view, allow_head=False)
         app.router.add_post("/_sim/faults", self._control_faults)
         app.router.add_post(r"/api/{infno:\d{4}}", self._api_route)
@@ -135,11 +136,11 @@ class ProvinceServer:
 
     # -- routes ----------------------------------------------------------------------------------
 
+    @staticmethod
     @web.middleware
-    async def _connection_fate(self, request: web.Request, handler) -> web.StreamResponse:
+    async def _close_after(request: web.Request, handler) -> web.StreamResponse:
         response = await handler(request)
-        if not self.keep_alive:
-            response.force_close()  # aiohttp then sends Connection: close and closes after it
+        response.force_close()  # aiohttp then sends Connection: close and closes after it
         return response
 
     async def _view(self, request: web.Request) -> web.Response:
