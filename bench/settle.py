@@ -180,7 +180,7 @@ def start_sims(persons: Path, latency_ms: int, base_port: int | None = None) -> 
     from tests.support.common import free_port
 
     for _ in range(5):
-        proc = subprocess.Popen([sys.executable, "-m", "settlement.simulator", "--base-port",
+        proc = subprocess.Popen([sys.executable, "-m", "settlement.simulated", "--base-port",
                                  str(base_port or free_port()), "--persons", str(persons), "--latency-ms",
                                  str(latency_ms), "--keep-alive"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 text=True)
