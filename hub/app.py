@@ -14,7 +14,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import JSONResponse, Response
 
 from hub import (admin, audit, auth, compression, corrections, errors, fhir_api, hl7_ingest, ingest,
-                 metrics, portal)
+                 metrics, notify, portal, subscriptions)
 from settlement import api as settlement_api
 from settlement.platform import PlatformClient
 from settlement.transfer import start_transfers
@@ -46,15 +46,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sign_in_guard = SignInGuard(engine)
     errors.install(app)
+    app.include_router(subscriptions.router)  # before /fhir/{res_type}, which would take it
     app.include_router(fhir_api.router)
     app.include_router(hl7_ingest.router)
     app.include_router(ingest.router)
     app.include_router(settlement_api.router)
     app.include_router(admin.router)
+    app.include_router(subscriptions.admin_router)
     app.include_router(corrections.router)
     app.include_router(portal.router)
     app.state.starters = [ingest.start_map_pool, start_platform, hl7_ingest.start_mllp,
-                          settlement_api.start, start_transfers, start_loop_watch, warm_up]
+                          settlement_api.start, start_transfers, start_loop_watch, warm_up,
+                          notify.start]
     _install_operating(app)
     return app
 
