@@ -23,8 +23,8 @@ SECRET = "Authorization: Bearer s3cret-of-the-his"
 
 
 @pytest.fixture()
-def cast(notify_hub):  # noqa: F811 - the fixture above
-    cast = Cast(notify_hub())
+def cast(notify_hub, receiver):  # noqa: F811 - the fixtures imported above
+    cast = Cast(notify_hub(), receiver)
     yield cast
     cast.close()
 
@@ -161,12 +161,12 @@ def test_failures_are_retried_with_the_same_event_id_and_no_redirect_is_followed
         cast, receiver):  # noqa: F811
     retried = metric("yrdhub_notifications_retried_total")
     sent = metric("yrdhub_notifications_sent_total")
-    receiver.answer(302, 500)
+    receiver.answer(307, 500)
     assert cast.subscribe(SH_H, "Observation").status_code == 201
     assert cast.send_zj(glucose="7.4")["stored"] == 1
     settled(cast)
     attempts = receiver.received()
-    assert [a.path for a in attempts] == [f"/{SH_H}"] * 3  # /elsewhere never asked
+    assert [(a.method, a.path) for a in attempts] == [("POST", f"/{SH_H}")] * 3  # no redirect
     assert len({a.event for a in attempts}) == 1
     assert attempts[2].at - attempts[1].at >= 0.025  # a pause came between (half is fixed)
     assert metric("yrdhub_notifications_retried_total") - retried == 2
@@ -197,7 +197,7 @@ def test_a_lapsed_treating_relationship_turns_the_subscription_off(cast):
 
 
 def test_a_day_of_failures_puts_the_subscription_in_error(notify_hub, receiver):  # noqa: F811
-    cast = Cast(notify_hub(hook_give_up=0.3))
+    cast = Cast(notify_hub(hook_give_up=0.3), receiver)
     try:
         failed = metric("yrdhub_notifications_failed_total")
         receiver.always(503)

@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 @dataclass
 class Received:
+    method: str
     path: str
     headers: dict[str, str]  # names in lower case
     body: bytes
@@ -79,7 +80,7 @@ class Receiver:
             def do_POST(self):
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
-                received = Received(self.path, {k.lower(): v for k, v in self.headers.items()},
+                received = Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
                                     body, time.time())
                 status, hold = receiver._next_status(received)
                 if hold is not None:
@@ -89,6 +90,8 @@ class Receiver:
                     self.send_header("Location", receiver.url("/elsewhere"))
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            do_GET = do_PUT = do_POST  # a followed redirect would show as one of these
 
             def log_message(self, *args):  # quiet
                 pass

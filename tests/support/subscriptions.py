@@ -61,8 +61,8 @@ def notify_hub(db, database_url, receiver):
 class Cast:
     """李四's visits sent at fixed times: ZJ_H two days ago, SH_H three hours ago."""
 
-    def __init__(self, hub):
-        self.hub = hub
+    def __init__(self, hub, receiver):
+        self.hub, self.receiver = hub, receiver
         now = datetime.now(timezone.utc)
         self.zj_when, self.sh_when = now - timedelta(days=2), now - timedelta(hours=3)
         assert self.send_zj()["stored"] == 1
@@ -91,16 +91,12 @@ class Cast:
         return self.clients[hospital].post("/fhir/Subscription", json=body)
 
     def hub_endpoint(self, hospital: str) -> str:
-        return _endpoint_of(self.hub, hospital)
+        """The hospital's endpoint, as ``endpoints`` registers it."""
+        return self.receiver.url(f"/{hospital}")
 
     def close(self) -> None:
         for client in (*self.clients.values(), self.admin):
             client.close()
-
-
-def _endpoint_of(hub, hospital: str) -> str:
-    owners = hub.app.state.settings.hook_endpoint_map()
-    return next(url for url, owner in owners.items() if owner == hospital)
 
 
 def subscription(pid: str, res_type: str, endpoint: str, **channel) -> dict:
