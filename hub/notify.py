@@ -54,6 +54,10 @@ S = Subscription.__table__
 R = Resource.__table__
 SUBSCRIBABLE = frozenset(CLINICAL_TYPES)
 EVENT_HEADER = "X-Yrdhub-Event"
+# Seconds a woken deliverer waits before it claims (a claim is a write transaction; under load
+# one claim per upload cost more than the calls), and between counts of the pending gauge.
+COALESCE = 0.02
+COUNT_EVERY = 1.0
 # Set on a connection whose transaction wrote outbox rows; its return to the pool wakes the
 # deliverers of this process (``_wake_on_checkin``).
 _WROTE = "yrdhub_notifications_written"
@@ -178,11 +182,17 @@ def _due(now: datetime):
 
 
 def claim(engine: Engine, free: dict[str, int], default_free: int, owners: dict[str, str],
-          now: datetime, lease: float) -> tuple[list[Claimed], int]:
-    """Claim due notifications, at most ``free.get(endpoint, default_free)`` per endpoint, for
-    ``lease`` seconds; drop those the rules hold back now. Returns them and how many
-    notifications are pending in all (for the gauge)."""
+          now: datetime, lease: float, delivered: list[int] = (),
+          count: bool = True) -> tuple[list[Claimed], int | None]:
+    """Delete the ``delivered`` notifications, then claim due ones, at most
+    ``free.get(endpoint, default_free)`` per endpoint, for ``lease`` seconds, dropping those the
+    rules hold back now. Returns the claimed and, if ``count``, how many are pending in all
+    (for the gauge).
+    One write transaction for all of it: on SQLite every transaction queues for the one write
+    lock that ingest needs too."""
     with writer(engine).begin() as conn:
+        if delivered:
+            conn.execute(delete(N).where(N.c.id.in_(list(delivered))))
         endpoints = conn.execute(select(N.c.endpoint).where(*_due(now)).distinct()).scalars()
         rows = []
         for endpoint in list(endpoints):
@@ -193,7 +203,8 @@ def claim(engine: Engine, free: dict[str, int], default_free: int, owners: dict[
         if claimed:
             conn.execute(update(N).where(N.c.id.in_([c.id for c in claimed]))
                          .values(claimed_until=now + timedelta(seconds=lease)))
-        pending = conn.execute(select(func.count()).select_from(N)).scalar_one()
+        pending = (conn.execute(select(func.count()).select_from(N)).scalar_one()
+                   if count else None)
     return claimed, pending
 
 
@@ -211,29 +222,27 @@ def _sendable(conn: Connection, rows: list, owners: dict[str, str],
               now: datetime) -> list[Claimed]:
     """``rows`` that may still be sent; the others are deleted (their Subscription ended, or
     what they are about is withheld now) and their Subscriptions ended where that is why."""
+    if not rows:
+        return []
     subs = {s.id: s for s in conn.execute(
-        select(S).where(S.c.id.in_({r.subscription_id for r in rows}))).all()} if rows else {}
+        select(S).where(S.c.id.in_({r.subscription_id for r in rows}))).all()}
+    current = _current(conn, {ref for r in rows for ref in r.resources.split()})
     decisions: dict = {}
-    keep, drop, off, unregistered = [], [], set(), set()
-    for row in rows:
-        sub = subs.get(row.subscription_id)
-        verdict = _verdict(conn, row, sub, owners, decisions, now)
-        {"send": keep, "off": drop, "unregistered": drop, "drop": drop}[verdict].append(row)
-        if verdict == "off":
-            off.add(sub.id)
-        elif verdict == "unregistered":
-            unregistered.add(sub.id)
-    end(conn, sorted(off), "off")
-    end(conn, sorted(unregistered), "error", "the endpoint is no longer registered for the "
-                                             "hospital (YRDHUB_HOOK_ENDPOINTS)")
-    if drop:
-        conn.execute(delete(N).where(N.c.id.in_([r.id for r in drop])))
+    verdicts = {r.id: _verdict(conn, r, subs.get(r.subscription_id), owners, decisions,
+                               current, now) for r in rows}
+    end(conn, sorted({r.subscription_id for r in rows if verdicts[r.id] == "off"}), "off")
+    end(conn, sorted({r.subscription_id for r in rows if verdicts[r.id] == "unregistered"}),
+        "error", "the endpoint is no longer registered for the hospital (YRDHUB_HOOK_ENDPOINTS)")
+    dropped = [r.id for r in rows if verdicts[r.id] != "send"]
+    if dropped:
+        conn.execute(delete(N).where(N.c.id.in_(dropped)))
     return [Claimed(r.id, r.event_id, r.subscription_id, r.endpoint,
                     headers_of(subs[r.subscription_id].content), r.created, r.attempts)
-            for r in keep]
+            for r in rows if verdicts[r.id] == "send"]
 
 
-def _verdict(conn: Connection, row, sub, owners: dict, decisions: dict, now: datetime) -> str:
+def _verdict(conn: Connection, row, sub, owners: dict, decisions: dict, current: dict,
+             now: datetime) -> str:
     """``send``, ``drop`` (ended, or withheld now), ``off`` (treating lapsed, or past ``end``)
     or ``unregistered`` (the operator took the endpoint away)."""
     if sub is None or sub.status != "active":
@@ -243,20 +252,21 @@ def _verdict(conn: Connection, row, sub, owners: dict, decisions: dict, now: dat
     decision = _decision(conn, decisions, sub.hospital, sub.patient_id, now)
     if not decision.allowed or (sub.ends_at is not None and _aware(sub.ends_at) <= now):
         return "off"
-    return "send" if _still_shown(conn, row.resources, sub.patient_id, decision) else "drop"
+    shown = (current.get(ref) for ref in row.resources.split())
+    return "send" if any(r is not None and not r.deleted and r.patient_id == sub.patient_id
+                         and decision.shows(r) for r in shown) else "drop"
 
 
-def _still_shown(conn: Connection, refs: str, patient_id: str,
-                 decision: access.Decision) -> bool:
-    """Is any resource the notification is about still the patient's, current and shown?"""
+def _current(conn: Connection, refs: set[str]) -> dict:
+    """``Type/id`` -> the current version's facts the rules look at, in one query."""
     by_type: dict[str, list[str]] = {}
-    for ref in refs.split():
+    for ref in refs:
         t, _, i = ref.partition("/")
         by_type.setdefault(t, []).append(i)
     wanted = or_(*(and_(R.c.res_type == t, R.c.res_id.in_(ids)) for t, ids in by_type.items()))
-    rows = conn.execute(select(R.c.province, R.c.patient_id, R.c.sensitive, R.c.deleted)
-                        .where(wanted)).all()
-    return any(not r.deleted and r.patient_id == patient_id and decision.shows(r) for r in rows)
+    rows = conn.execute(select(R.c.res_type, R.c.res_id, R.c.province, R.c.patient_id,
+                               R.c.sensitive, R.c.deleted).where(wanted)).all()
+    return {f"{r.res_type}/{r.res_id}": r for r in rows}
 
 
 def headers_of(content: bytes) -> tuple[tuple[str, str], ...]:
@@ -289,12 +299,6 @@ def pause(initial: float, maximum: float, attempt: int) -> float:
     state = tenacity.RetryCallState(None, None, (), {})
     state.attempt_number = attempt
     return wait(state)
-
-
-def delivered(engine: Engine, item: Claimed) -> None:
-    with writer(engine).begin() as conn:
-        conn.execute(delete(N).where(N.c.id == item.id))
-    metrics.NOTIFICATIONS_SENT.inc()
 
 
 def failed(engine: Engine, item: Claimed, reason: str, now: datetime, settings) -> str:
@@ -335,7 +339,10 @@ class Deliverer:
                                         trust_env=False)
         # a claim outlives the call it covers, and the write after it
         self.lease = 2 * settings.hook_timeout + 2
-        self.next_sweep = 0.0
+        self.next_sweep = self.next_count = 0.0
+        # delivered, to be deleted by the next claim's transaction (a crash before then sends
+        # them again: at least once)
+        self.delivered: list[int] = []
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -347,6 +354,9 @@ class Deliverer:
                           message=str(exc)[:300])
             try:
                 await asyncio.wait_for(self.wake.wait(), self.settings.hook_poll)
+                # woken by a commit or a finished call: let the uploads arriving together
+                # commit too, and claim their notifications in one transaction
+                await asyncio.sleep(COALESCE)
             except TimeoutError:
                 pass
             self.wake.clear()
@@ -357,10 +367,18 @@ class Deliverer:
             self.next_sweep = clock + self.settings.hook_sweep
             await asyncio.to_thread(self._sweep, now)
         free = {e: self.settings.hook_concurrency - n for e, n in self.inflight.items()}
-        claimed, pending = await asyncio.to_thread(
-            claim, self.engine, free, self.settings.hook_concurrency, self.owners, now,
-            self.lease)
-        metrics.NOTIFICATIONS_PENDING.set(pending)
+        done, self.delivered = self.delivered, []
+        count = clock >= self.next_count
+        try:
+            claimed, pending = await asyncio.to_thread(
+                claim, self.engine, free, self.settings.hook_concurrency, self.owners, now,
+                self.lease, done, count)
+        except BaseException:
+            self.delivered[:0] = done  # not deleted: the next round tries again
+            raise
+        if pending is not None:
+            self.next_count = clock + COUNT_EVERY
+            metrics.NOTIFICATIONS_PENDING.set(pending)
         for item in claimed:
             self.inflight[item.endpoint] += 1
             task = asyncio.create_task(self.deliver(item))
@@ -375,7 +393,8 @@ class Deliverer:
         try:
             reason = await self.call(item)
             if reason is None:
-                await asyncio.to_thread(delivered, self.engine, item)
+                self.delivered.append(item.id)
+                metrics.NOTIFICATIONS_SENT.inc()
             else:
                 outcome = await asyncio.to_thread(failed, self.engine, item, reason,
                                                   datetime.now(timezone.utc), self.settings)
@@ -407,6 +426,12 @@ class Deliverer:
             task.cancel()
         await asyncio.gather(*self.sends, return_exceptions=True)
         await self.client.aclose()
+        if self.delivered:  # else they would be sent again after the restart
+            await asyncio.to_thread(self._forget, self.delivered)
+
+    def _forget(self, ids: list[int]) -> None:
+        with writer(self.engine).begin() as conn:
+            conn.execute(delete(N).where(N.c.id.in_(ids)))
 
 
 def _wake_on_checkin(deliverer: Deliverer, loop: asyncio.AbstractEventLoop):
