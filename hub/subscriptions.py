@@ -203,6 +203,11 @@ async def create(request: Request, party: Party = Depends(bearer_party)) -> Resp
 
 @router.get("", responses={200: {**FHIR_ANSWER, "description": "a searchset Bundle"}})
 async def search(request: Request, party: Party = Depends(bearer_party)) -> Response:
+    """The caller's own Subscriptions (an administrator's: all), newest first, in one Bundle;
+    no search parameters are taken (400, as for any parameter ``/fhir`` does not know)."""
+    if request.query_params:
+        raise BadRequest(f"GET /fhir/Subscription takes no parameters (got "
+                         f"{', '.join(sorted(request.query_params))}); it lists your own")
     resources = await run_in_threadpool(list_own, request.app.state.engine, party)
     base = f"{str(request.base_url).rstrip('/')}/fhir/Subscription"
     bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(resources),

@@ -60,6 +60,7 @@ def test_a_treating_hospital_subscribes_and_sees_only_its_own(cast):
     assert sh.delete(f"/fhir/Subscription/{created['id']}").status_code == 204
     assert sh.get(f"/fhir/Subscription/{created['id']}").status_code == 404
     assert sh.get("/fhir/Subscription").json()["total"] == 0
+    assert sh.get("/fhir/Subscription", params={"status": "active"}).status_code == 400
 
 
 def test_who_may_subscribe(cast):
@@ -216,3 +217,32 @@ def test_a_day_of_failures_puts_the_subscription_in_error(notify_hub, receiver):
         assert cast.clients[SH_H].get("/admin/subscriptions").status_code == 403
     finally:
         cast.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The pieces without a hub
+# ---------------------------------------------------------------------------------------------
+
+
+def test_retry_pauses_grow_with_jitter_up_to_the_maximum():
+    from hub.notify import pause
+
+    for attempt in range(1, 9):  # half fixed (1, 2, 4 ... s), half random on top of it
+        pauses = [pause(2.0, 900.0, attempt) for _ in range(200)]
+        assert all(2 ** (attempt - 1) <= p <= 2 ** attempt for p in pauses), attempt
+        assert max(pauses) - min(pauses) > 2 ** (attempt - 1) / 4  # not all alike
+    assert all(450 <= pause(2.0, 900.0, 40) <= 900 for _ in range(50))
+
+
+def test_endpoints_are_registered_to_one_hospital_each():
+    from hub.config import Settings
+
+    owners = Settings(hook_endpoints=f" {SH_H}=https://a.example/h , {SH_H}=http://10.0.0.9/h,"
+                                     f"{ZJ_H}=https://b.example/h").hook_endpoint_map()
+    assert owners == {"https://a.example/h": SH_H, "http://10.0.0.9/h": SH_H,
+                      "https://b.example/h": ZJ_H}
+    with pytest.raises(ValueError, match="two hospitals"):
+        Settings(hook_endpoints=f"{SH_H}=https://a.example/h,{ZJ_H}=https://a.example/h"
+                 ).hook_endpoint_map()
+    with pytest.raises(ValueError, match="HOSPITAL=URL"):
+        Settings(hook_endpoints="https://a.example/h").hook_endpoint_map()
