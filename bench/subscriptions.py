@@ -1,7 +1,7 @@
 """Benchmark: ingest speed with 1,000 active Subscriptions against none, in the same run, and
 how long a notification takes from store to delivery at a real receiver.
 
-    python bench/subscriptions.py [--messages 1200] [--rounds 4] [--clients 4] [--latency 100]
+    python bench/subscriptions.py [--messages 600] [--rounds 6] [--clients 4] [--latency 100]
 
 A real hub (its own process, SQLite file unless ``--database-url``) and a real HTTP receiver (a
 thread of this process). 250 patients are seen today at a Zhejiang hospital, which subscribes to
@@ -160,8 +160,8 @@ def percentile(values: list[float], p: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=1200, help="per phase, over all rounds")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--messages", type=int, default=600, help="per phase, over all rounds")
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--patients", type=int, default=250)
     parser.add_argument("--latency", type=int, default=100)

@@ -399,8 +399,11 @@ class Deliverer:
                 outcome = await asyncio.to_thread(failed, self.engine, item, reason,
                                                   datetime.now(timezone.utc), self.settings)
                 log.warning("notification not delivered", subscription=item.subscription_id,
-                            event=item.event_id, host=httpx.URL(item.endpoint).host,
+                            event_id=item.event_id, host=httpx.URL(item.endpoint).host,
                             attempt=item.attempts + 1, reason=reason, outcome=outcome)
+        except Exception as exc:  # the claim's lease runs out and the next round retries it
+            log.error("notification outcome not recorded", event_id=item.event_id,
+                      error=type(exc).__name__, message=str(exc)[:300])
         finally:
             self.inflight[item.endpoint] -= 1
             if self.inflight[item.endpoint] <= 0:

@@ -197,12 +197,13 @@ def test_a_lapsed_treating_relationship_turns_the_subscription_off(cast):
     assert shown["status"] == "off"
 
 
-def test_a_day_of_failures_puts_the_subscription_in_error(notify_hub, receiver):  # noqa: F811
+def test_a_day_of_failures_puts_the_subscription_in_error(notify_hub, receiver,  # noqa: F811
+                                                           capfd):
     cast = Cast(notify_hub(hook_give_up=0.3), receiver)
     try:
         failed = metric("yrdhub_notifications_failed_total")
         receiver.always(503)
-        created = cast.subscribe(SH_H, "Observation").json()
+        created = cast.subscribe(SH_H, "Observation", header=[SECRET]).json()
         assert cast.send_zj(glucose="7.4")["stored"] == 1
         url = f"/fhir/Subscription/{created['id']}"
         shown = wait_until(lambda: (s := cast.clients[SH_H].get(url).json())["status"] == "error"
@@ -213,6 +214,8 @@ def test_a_day_of_failures_puts_the_subscription_in_error(notify_hub, receiver):
         listed = cast.admin.get("/admin/subscriptions", params={"status": "error"}).json()
         assert [s["id"] for s in listed["subscriptions"]] == [created["id"]]
         assert "s3cret" not in str(listed)
+        logged = "".join(capfd.readouterr())
+        assert "notification not delivered" in logged and "s3cret" not in logged
         assert cast.admin.get("/admin/subscriptions", params={"status": "x"}).status_code == 422
         assert cast.clients[SH_H].get("/admin/subscriptions").status_code == 403
     finally:
