@@ -250,7 +250,7 @@ def _verdict(conn: Connection, row, sub, owners: dict, decisions: dict, current:
     if owners.get(sub.endpoint) != sub.hospital:
         return "unregistered"
     decision = _decision(conn, decisions, sub.hospital, sub.patient_id, now)
-    if not decision.allowed or (sub.ends_at is not None and _aware(sub.ends_at) <= now):
+    if not decision.allowed or (sub.ends_at is not None and as_utc(sub.ends_at) <= now):
         return "off"
     shown = (current.get(ref) for ref in row.resources.split())
     return "send" if any(r is not None and not r.deleted and r.patient_id == sub.patient_id
@@ -280,7 +280,8 @@ def _split_header(header: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def _aware(when: datetime) -> datetime:
+def as_utc(when: datetime) -> datetime:
+    """A stored time as an aware UTC datetime (SQLite gives them back naive)."""
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
@@ -304,7 +305,7 @@ def pause(initial: float, maximum: float, attempt: int) -> float:
 def failed(engine: Engine, item: Claimed, reason: str, now: datetime, settings) -> str:
     """Record a failed attempt: ``retry`` (the next one at a jittered, growing pause, never
     after the give-up time) or ``gave_up`` (the Subscription is ``error`` with the reason)."""
-    give_up_at = _aware(item.created) + timedelta(seconds=settings.hook_give_up)
+    give_up_at = as_utc(item.created) + timedelta(seconds=settings.hook_give_up)
     with writer(engine).begin() as conn:
         if now >= give_up_at:
             hours = settings.hook_give_up / 3600

@@ -138,7 +138,7 @@ def _new_row(resource: dict, hospital: str, res_type: str, patient_id: str,
 def shown(sub) -> dict:
     """The FHIR Subscription: what the hospital sent, with the hub's id, status and error."""
     resource = {"resourceType": "Subscription", "id": sub.id,
-                "meta": {"lastUpdated": store.instant(notify._aware(sub.created))},
+                "meta": {"lastUpdated": store.instant(notify.as_utc(sub.created))},
                 **orjson.loads(sub.content), "status": sub.status}
     if sub.error:
         resource["error"] = sub.error
@@ -264,7 +264,7 @@ def admin_listing(engine, status: str | None) -> dict:
     return {"subscriptions": [
         {"id": r.id, "hospital": r.hospital, "criteria": orjson.loads(r.content)["criteria"],
          "endpoint": r.endpoint, "status": r.status, "error": r.error,
-         "created": notify._aware(r.created).isoformat(), "pending": counts.get(r.id, 0)}
+         "created": notify.as_utc(r.created).isoformat(), "pending": counts.get(r.id, 0)}
         for r in rows]}
 
 
