@@ -9,9 +9,13 @@ four types of each (Encounter, Observation, DiagnosticReport, Condition: 1,000 S
 A Shanghai hospital then sends HL7 v2 ORU^R01 lab results (10 OBX) about them, one message per
 request as hospitals send them, from ``--clients`` clients: each message matches two of its
 patient's Subscriptions (Observation, DiagnosticReport), so with them active every message
-writes two notifications, which the hub delivers while the load runs. Rounds alternate none / 1,000 active (switched in the
-database), in turn first and second, so that a database growing over the run and the machine's
-other work weigh on both alike.
+writes two notifications, which the hub delivers while the load runs. Three phases: no Subscription active; 1,000 active but
+the messages about 250 other patients (the common case: the lookup finds nothing); 1,000
+active and every message matching. Subscriptions are switched in the database; the phases
+take turns being first, so that a database growing over the run and the machine's other work
+weigh on all alike. Per phase: messages/s (wall) and the CPU the hub's processes spent per
+message until the outbox was empty (delivery included; steadier than wall time on a busy
+machine), each as a ratio to "none".
 
 Latency: ``--latency`` messages one at a time; for each, the first notification's arrival at
 the receiver minus the time the store began (the stored resources' ``lastUpdated``).
@@ -65,18 +69,20 @@ class Load:
         self.n = 0
         self.lock = threading.Lock()
 
-    def next_message(self) -> bytes:
+    def next_message(self, subscribed: bool = True) -> bytes:
+        """The next message, about a subscribed patient or (``subscribed=False``) about one of
+        as many others, whom nobody subscribed to."""
         with self.lock:
             self.n += 1
-            return oru(self.n, self.n % self.patients)
+            return oru(self.n, self.n % self.patients + (0 if subscribed else self.patients))
 
     def send(self, body: bytes) -> None:
         r = hubproc.client(self.base, self.token).post(
             "/ingest/sh", content=body, headers={"Content-Type": "x-application/hl7-v2+er7"})
         assert b"MSA|AA" in r.content, r.content[:300]
 
-    def run(self, count: int, clients: int) -> float:
-        bodies = [self.next_message() for _ in range(count)]
+    def run(self, count: int, clients: int, subscribed: bool = True) -> float:
+        bodies = [self.next_message(subscribed) for _ in range(count)]
         t = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(clients) as pool:
             list(pool.map(self.send, bodies))
@@ -99,10 +105,13 @@ def hub_cpu(proc) -> float:
 
 
 def subscribe_all(base: str, engine, receiver: Receiver, patients: int) -> int:
-    """Each patient's visit at ZJ_H today (treating), then four Subscriptions per patient."""
+    """Each patient's visit at ZJ_H today (treating), then four Subscriptions per patient (of
+    the first ``patients``; as many others have a visit and none)."""
     day = datetime.now(CST).strftime("%Y-%m-%d")
     zj = hubproc.client(base, create_token(engine, "hospital", ZJ_H))
-    assert zj.post("/ingest/zj", content=upload(ZJ_H, 0, patients, patients, day)).status_code == 200
+    # the other patients (messages nobody subscribed to) are known to the hub beforehand too
+    twice = 2 * patients
+    assert zj.post("/ingest/zj", content=upload(ZJ_H, 0, twice, twice, day)).status_code == 200
     with engine.connect() as conn:
         pids = conn.execute(select(PatientKey.patient_id).where(PatientKey.key.in_(
             [f"rid:{resident_id(p)}" for p in range(patients)]))).scalars().all()
@@ -153,6 +162,26 @@ def latencies(load: Load, engine, receiver: Receiver, count: int) -> list[float]
     return out
 
 
+# phase -> (Subscriptions active, messages about the subscribed patients)
+PHASES = {"none": (False, True), "1,000 active, not matched": (True, False),
+          "1,000 active, matched": (True, True)}
+MEANING = {"none": "no Subscription active",
+           "1,000 active, not matched": "messages about other patients (the common case)",
+           "1,000 active, matched": "every message matches 2 (Observation, DiagnosticReport): "
+                                    "2 notifications written and delivered per message"}
+
+
+def report(times: dict, cpu: dict, sent: int, subs: int, args) -> None:
+    print(f"ingest, ORU^R01 (10 OBX), one message per request, {args.clients} clients, "
+          f"{args.rounds} rounds of {sent // args.rounds} per phase, phases rotated; "
+          f"{subs} Subscriptions:")
+    base_rate, base_cpu = sent / times["none"], cpu["none"] / sent
+    for phase in PHASES:
+        rate, used = sent / times[phase], cpu[phase] / sent
+        print(f"  {phase:26} {rate:6.1f} messages/s, ratio {rate / base_rate:.3f}; hub CPU "
+              f"{used * 1000:5.1f} ms/message, ratio {used / base_cpu:.3f}  ({MEANING[phase]})")
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
@@ -179,28 +208,21 @@ def main() -> None:
         subs = subscribe_all(base, engine, receiver, args.patients)
         load = Load(base, create_token(engine, "hospital", SH_H), args.patients)
         load.run(50, args.clients)  # warm-up
+        load.run(50, args.clients, subscribed=False)
         drain(engine)
         per_round = args.messages // args.rounds
-        times, cpu = {False: 0.0, True: 0.0}, {False: 0.0, True: 0.0}
+        times, cpu = dict.fromkeys(PHASES, 0.0), dict.fromkeys(PHASES, 0.0)
         for i in range(args.rounds):
-            # none first in even rounds, 1,000 first in odd ones: neither gains by its place
-            for active in ((False, True) if i % 2 == 0 else (True, False)):
+            # each phase in turn first, second and third: none gains by its place
+            names = list(PHASES)
+            for phase in names[i % 3:] + names[:i % 3]:
+                active, subscribed = PHASES[phase]
                 set_active(engine, active)
                 before = hub_cpu(hub)
-                times[active] += load.run(per_round, args.clients)
+                times[phase] += load.run(per_round, args.clients, subscribed)
                 drain(engine)  # delivering is part of the hub's work: CPU counted until done
-                cpu[active] += hub_cpu(hub) - before
-        sent = per_round * args.rounds
-        none, many = sent / times[False], sent / times[True]
-        print(f"ingest, ORU^R01 (10 OBX), one message per request, {args.clients} clients, "
-              f"{args.rounds} alternating rounds of {per_round}:")
-        print(f"  no active Subscription:      {none:7.1f} messages/s")
-        print(f"  {subs} active Subscriptions: {many:7.1f} messages/s "
-              f"(2 match each message: written and delivered)")
-        print(f"  ratio with/without: {many / none:.3f} ({(1 - many / none) * 100:+.1f}% slower)")
-        print(f"  hub CPU per message (its processes, delivery included): none "
-              f"{cpu[False] / sent * 1000:.1f} ms, 1,000 active {cpu[True] / sent * 1000:.1f} ms, "
-              f"ratio {cpu[True] / cpu[False]:.3f}")
+                cpu[phase] += hub_cpu(hub) - before
+        report(times, cpu, per_round * args.rounds, subs, args)
         set_active(engine, True)
         lat = latencies(load, engine, receiver, args.latency)
         print(f"store to delivery at the receiver, {len(lat)} messages one at a time: "
