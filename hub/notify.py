@@ -39,7 +39,7 @@ import httpx
 import orjson
 import structlog
 import tenacity
-from sqlalchemy import and_, bindparam, delete, event, func, insert, not_, or_, select, update
+from sqlalchemy import bindparam, delete, event, func, insert, not_, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from hub import access, metrics
@@ -184,9 +184,26 @@ class Claimed:
     attempts: int
 
 
-def _due(now: datetime):
-    return (N.c.next_attempt_at <= now,
-            or_(N.c.claimed_until.is_(None), N.c.claimed_until < now))
+def _ids(name: str = "ids"):
+    return bindparam(name, expanding=True)
+
+
+# The deliverer's statements, built once (see ``_ACTIVE``): a claim runs several per round.
+_DUE = (N.c.next_attempt_at <= bindparam("now"),
+        or_(N.c.claimed_until.is_(None), N.c.claimed_until < bindparam("now")))
+_DUE_ENDPOINTS = select(N.c.endpoint).where(*_DUE).distinct()
+_LOCK_DUE = (select(N.c.id, N.c.event_id, N.c.subscription_id, N.c.endpoint, N.c.resources,
+                    N.c.created, N.c.attempts)
+             .where(*_DUE, N.c.endpoint == bindparam("endpoint"))
+             .order_by(N.c.next_attempt_at, N.c.id).limit(bindparam("slots")))
+_LOCK_DUE_SKIP = _LOCK_DUE.with_for_update(skip_locked=True)
+_DELETE = delete(N).where(N.c.id.in_(_ids()))
+_CLAIM = update(N).where(N.c.id.in_(_ids())).values(claimed_until=bindparam("until"))
+_PENDING = select(func.count()).select_from(N)
+_SUBSCRIPTIONS = select(S).where(S.c.id.in_(_ids()))
+# a superset of the wanted (type, id) pairs, on the primary key; the caller picks them out
+_CURRENT = select(R.c.res_type, R.c.res_id, R.c.province, R.c.patient_id, R.c.sensitive,
+                  R.c.deleted).where(R.c.res_type.in_(_ids("types")), R.c.res_id.in_(_ids()))
 
 
 def claim(engine: Engine, free: dict[str, int], default_free: int, owners: dict[str, str],
@@ -200,30 +217,25 @@ def claim(engine: Engine, free: dict[str, int], default_free: int, owners: dict[
     lock that ingest needs too."""
     with writer(engine).begin() as conn:
         if delivered:
-            conn.execute(delete(N).where(N.c.id.in_(list(delivered))))
-        endpoints = conn.execute(select(N.c.endpoint).where(*_due(now)).distinct()).scalars()
+            conn.execute(_DELETE, {"ids": list(delivered)})
+        endpoints = list(conn.execute(_DUE_ENDPOINTS, {"now": now}).scalars())
         rows = []
-        for endpoint in list(endpoints):
+        for endpoint in endpoints:
             slots = free.get(endpoint, default_free)
             if slots > 0:
                 rows += _lock_due(conn, endpoint, slots, now)
         claimed = _sendable(conn, rows, owners, now)
         if claimed:
-            conn.execute(update(N).where(N.c.id.in_([c.id for c in claimed]))
-                         .values(claimed_until=now + timedelta(seconds=lease)))
-        pending = (conn.execute(select(func.count()).select_from(N)).scalar_one()
-                   if count else None)
+            conn.execute(_CLAIM, {"ids": [c.id for c in claimed],
+                                  "until": now + timedelta(seconds=lease)})
+        pending = conn.execute(_PENDING).scalar_one() if count else None
     return claimed, pending
 
 
 def _lock_due(conn: Connection, endpoint: str, slots: int, now: datetime) -> list:
-    query = (select(N.c.id, N.c.event_id, N.c.subscription_id, N.c.endpoint, N.c.resources,
-                    N.c.created, N.c.attempts)
-             .where(*_due(now), N.c.endpoint == endpoint)
-             .order_by(N.c.next_attempt_at, N.c.id).limit(slots))
-    if not is_sqlite(conn.engine):  # SQLite's write lock already keeps claims apart
-        query = query.with_for_update(skip_locked=True)
-    return conn.execute(query).all()
+    # SQLite's write lock already keeps claims apart; PostgreSQL skips rows another has locked
+    query = _LOCK_DUE if is_sqlite(conn.engine) else _LOCK_DUE_SKIP
+    return conn.execute(query, {"endpoint": endpoint, "slots": slots, "now": now}).all()
 
 
 def _sendable(conn: Connection, rows: list, owners: dict[str, str],
@@ -233,7 +245,7 @@ def _sendable(conn: Connection, rows: list, owners: dict[str, str],
     if not rows:
         return []
     subs = {s.id: s for s in conn.execute(
-        select(S).where(S.c.id.in_({r.subscription_id for r in rows}))).all()}
+        _SUBSCRIPTIONS, {"ids": sorted({r.subscription_id for r in rows})}).all()}
     current = _current(conn, {ref for r in rows for ref in r.resources.split()})
     decisions: dict = {}
     verdicts = {r.id: _verdict(conn, r, subs.get(r.subscription_id), owners, decisions,
@@ -267,14 +279,10 @@ def _verdict(conn: Connection, row, sub, owners: dict, decisions: dict, current:
 
 def _current(conn: Connection, refs: set[str]) -> dict:
     """``Type/id`` -> the current version's facts the rules look at, in one query."""
-    by_type: dict[str, list[str]] = {}
-    for ref in refs:
-        t, _, i = ref.partition("/")
-        by_type.setdefault(t, []).append(i)
-    wanted = or_(*(and_(R.c.res_type == t, R.c.res_id.in_(ids)) for t, ids in by_type.items()))
-    rows = conn.execute(select(R.c.res_type, R.c.res_id, R.c.province, R.c.patient_id,
-                               R.c.sensitive, R.c.deleted).where(wanted)).all()
-    return {f"{r.res_type}/{r.res_id}": r for r in rows}
+    pairs = [ref.partition("/")[::2] for ref in refs]
+    rows = conn.execute(_CURRENT, {"types": sorted({t for t, _ in pairs}),
+                                   "ids": sorted({i for _, i in pairs})}).all()
+    return {f"{r.res_type}/{r.res_id}": r for r in rows if f"{r.res_type}/{r.res_id}" in refs}
 
 
 def headers_of(content: bytes) -> tuple[tuple[str, str], ...]:

@@ -15,15 +15,14 @@ from prometheus_client import REGISTRY
 
 from hub.sharing import SharingChoices, set_choices
 from tests.support.fhir import OTHER, SH_H, ZJ_H
-from tests.support.subscriptions import (Cast, notify_hub, outbox, receiver,  # noqa: F401
-                                         subscription)
+from tests.support.subscriptions import Cast, outbox, subscription
 from tests.support.waiting import wait_until
 
 SECRET = "Authorization: Bearer s3cret-of-the-his"
 
 
 @pytest.fixture()
-def cast(notify_hub, receiver):  # noqa: F811 - the fixtures imported above
+def cast(notify_hub, receiver):
     cast = Cast(notify_hub(), receiver)
     yield cast
     cast.close()
@@ -104,7 +103,7 @@ def test_what_is_not_a_valid_subscription_is_422_saying_where(cast, change, wher
 # ---------------------------------------------------------------------------------------------
 
 
-def test_a_new_result_elsewhere_is_notified_with_an_empty_post(cast, receiver):  # noqa: F811
+def test_a_new_result_elsewhere_is_notified_with_an_empty_post(cast, receiver):
     assert cast.subscribe(SH_H, "Observation", header=[SECRET]).status_code == 201
     assert cast.send_zj(glucose="7.4")["stored"] == 1
     first = wait_until(lambda: receiver.received(f"/{SH_H}"), 15, "the notification")[0]
@@ -119,7 +118,7 @@ def test_a_new_result_elsewhere_is_notified_with_an_empty_post(cast, receiver): 
     assert len(receiver.received()) == 2 and arrived[1].event != first.event
 
 
-def test_a_hospitals_own_uploads_are_not_notified_to_it(cast, receiver):  # noqa: F811
+def test_a_hospitals_own_uploads_are_not_notified_to_it(cast, receiver):
     assert cast.subscribe(ZJ_H, "Observation").status_code == 201
     assert cast.subscribe(ZJ_H, "Condition").status_code == 201
     assert cast.send_zj(glucose="7.4")["stored"] == 1
@@ -130,7 +129,7 @@ def test_a_hospitals_own_uploads_are_not_notified_to_it(cast, receiver):  # noqa
     assert len(receiver.received(f"/{ZJ_H}")) == 1
 
 
-def test_what_the_rules_withhold_is_not_notified(cast, receiver):  # noqa: F811
+def test_what_the_rules_withhold_is_not_notified(cast, receiver):
     assert cast.subscribe(SH_H, "Condition").status_code == 201
     # a new diagnosis in a sensitive category crosses no border without the patient's leave
     assert cast.send_zj(code="F33.100", name="复发性抑郁障碍")["stored"] == 1
@@ -147,7 +146,7 @@ def test_what_the_rules_withhold_is_not_notified(cast, receiver):  # noqa: F811
     assert len(receiver.received(f"/{SH_H}")) == 1
 
 
-def test_sharing_withdrawn_before_the_send_holds_the_notification_back(cast, receiver):  # noqa: F811
+def test_sharing_withdrawn_before_the_send_holds_the_notification_back(cast, receiver):
     receiver.always(503)
     assert cast.subscribe(SH_H, "Observation").status_code == 201
     assert cast.send_zj(glucose="7.4")["stored"] == 1
@@ -159,7 +158,7 @@ def test_sharing_withdrawn_before_the_send_holds_the_notification_back(cast, rec
 
 
 def test_failures_are_retried_with_the_same_event_id_and_no_redirect_is_followed(
-        cast, receiver):  # noqa: F811
+        cast, receiver):
     retried = metric("yrdhub_notifications_retried_total")
     sent = metric("yrdhub_notifications_sent_total")
     receiver.answer(307, 500)
@@ -176,7 +175,7 @@ def test_failures_are_retried_with_the_same_event_id_and_no_redirect_is_followed
     assert "yrdhub_notifications_pending" in text
 
 
-def test_deleting_a_subscription_ends_its_notifications(cast, receiver):  # noqa: F811
+def test_deleting_a_subscription_ends_its_notifications(cast, receiver):
     receiver.always(503)
     created = cast.subscribe(SH_H, "Observation").json()
     assert cast.send_zj(glucose="7.4")["stored"] == 1
@@ -197,8 +196,7 @@ def test_a_lapsed_treating_relationship_turns_the_subscription_off(cast):
     assert shown["status"] == "off"
 
 
-def test_a_day_of_failures_puts_the_subscription_in_error(notify_hub, receiver,  # noqa: F811
-                                                           capfd):
+def test_a_day_of_failures_puts_the_subscription_in_error(notify_hub, receiver, capfd):
     cast = Cast(notify_hub(hook_give_up=0.3), receiver)
     try:
         failed = metric("yrdhub_notifications_failed_total")

@@ -9,11 +9,11 @@ In its own module: the in-process hubs of ``test_subscriptions`` would deliver i
 from tests.conftest import Hub
 from tests.support.fhir import SH_H
 from tests.support.processes import serve
-from tests.support.subscriptions import Cast, endpoints, outbox, receiver  # noqa: F401
+from tests.support.subscriptions import Cast, endpoints, outbox
 from tests.support.waiting import wait_until
 
 
-def hub_env(receiver) -> dict:  # noqa: F811
+def hub_env(receiver) -> dict:
     # a one-second call limit makes the lease of a dead process's claim short (2 x 1 + 2 s)
     return {"YRDHUB_HOOK_ENDPOINTS": endpoints(receiver), "YRDHUB_HOOK_TIMEOUT": "1",
             "YRDHUB_HOOK_POLL": "0.05", "YRDHUB_HOOK_RETRY_INITIAL": "0.05",
@@ -21,7 +21,7 @@ def hub_env(receiver) -> dict:  # noqa: F811
 
 
 def test_a_hub_killed_between_store_and_send_delivers_after_restart(
-        db, database_url, tmp_path, receiver):  # noqa: F811
+        db, database_url, tmp_path, receiver):
     (tmp_path / "first").mkdir()
     (tmp_path / "second").mkdir()
     first = serve(tmp_path / "first", 1, database_url=database_url, env=hub_env(receiver))
