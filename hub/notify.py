@@ -360,6 +360,7 @@ class Deliverer:
         # delivered, to be deleted by the next claim's transaction (a crash before then sends
         # them again: at least once)
         self.delivered: list[int] = []
+        self.saturated: set[str] = set()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -401,6 +402,10 @@ class Deliverer:
             task = asyncio.create_task(self.deliver(item))
             self.sends.add(task)
             task.add_done_callback(self.sends.discard)
+        # endpoints with every slot taken may have more due: a freed slot wakes the loop for
+        # them; for the others a round per finished call would only cost a transaction
+        self.saturated = {e for e, n in self.inflight.items()
+                          if n >= self.settings.hook_concurrency}
 
     def _sweep(self, now: datetime) -> None:
         with writer(self.engine).begin() as conn:
@@ -425,7 +430,8 @@ class Deliverer:
             self.inflight[item.endpoint] -= 1
             if self.inflight[item.endpoint] <= 0:
                 del self.inflight[item.endpoint]
-            self.wake.set()  # a slot is free: what waits for this endpoint may go
+            if item.endpoint in self.saturated:
+                self.wake.set()  # a slot is free: what waits for this endpoint may go
 
     async def call(self, item: Claimed) -> str | None:
         """One POST; None when answered 2xx, else why not (no header values in it)."""
