@@ -20,8 +20,14 @@
   2xx) is retried after a growing, jittered pause computed by ``tenacity`` into
   ``next_attempt_at`` (so retries survive restarts), until ``hook_give_up`` seconds (24 h) after
   the notification was written; then its Subscription is ``error`` with the reason and its
-  pending notifications are dropped. A process killed mid-send leaves its rows claimed until the
-  lease ends; the next claim sends them again, with the same event id (at least once).
+  pending notifications are dropped. A delivered row is deleted by the next claim's transaction
+  (one write transaction per round, not per call). A process killed mid-send, or before that
+  delete, leaves its rows claimed until the lease ends; the next claim sends them again, with
+  the same event id (at least once).
+- **Waking**: a transaction that wrote notifications wakes the deliverer of this process when
+  its connection returns to the pool (after the commit), which waits ``COALESCE`` for uploads
+  arriving together; otherwise it polls every ``hook_poll`` seconds (other processes' rows,
+  retries coming due).
 - Headers are sent as given and never logged; log lines name the Subscription, the event and the
   endpoint's host.
 """
