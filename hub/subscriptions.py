@@ -228,7 +228,7 @@ async def read(subscription_id: str, request: Request,
 
 @router.delete("/{subscription_id}", status_code=204, responses={204: {"description": "ended"}})
 async def delete_one(subscription_id: str, request: Request,
-              party: Party = Depends(bearer_party)) -> Response:
+                     party: Party = Depends(bearer_party)) -> Response:
     await run_in_threadpool(remove, request.app.state.engine, party, subscription_id)
     return Response(status_code=204)
 
