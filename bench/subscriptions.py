@@ -6,16 +6,15 @@ how long a notification takes from store to delivery at a real receiver.
 A real hub (its own process, SQLite file unless ``--database-url``) and a real HTTP receiver (a
 thread of this process). 250 patients are seen today at a Zhejiang hospital, which subscribes to
 four types of each (Encounter, Observation, DiagnosticReport, Condition: 1,000 Subscriptions).
-A Shanghai hospital then sends HL7 v2 ORU^R01 lab results (10 OBX) about them, one message per
-request as hospitals send them, from ``--clients`` clients: each message matches two of its
-patient's Subscriptions (Observation, DiagnosticReport), so with them active every message
-writes two notifications, which the hub delivers while the load runs. Three phases: no Subscription active; 1,000 active but
-the messages about 250 other patients (the common case: the lookup finds nothing); 1,000
-active and every message matching. Subscriptions are switched in the database; the phases
-take turns being first, so that a database growing over the run and the machine's other work
-weigh on all alike. Per phase: messages/s (wall) and the CPU the hub's processes spent per
-message until the outbox was empty (delivery included; steadier than wall time on a busy
-machine), each as a ratio to "none".
+A Shanghai hospital then sends HL7 v2 ORU^R01 lab results (10 OBX), one message per request as
+hospitals send them, from ``--clients`` clients, in three phases: no Subscription active;
+1,000 active but the messages about 250 other (known) patients, the common case (the look-up
+finds nothing); 1,000 active and every message matching two of its patient's Subscriptions
+(Observation, DiagnosticReport): two notifications written and delivered per message, while
+the load runs. Subscriptions are switched in the database; the phases take turns being first,
+so that a database growing over the run and the machine's other work weigh on all alike. Per
+phase: messages/s (wall) and the CPU the hub's processes spent per message until the outbox was
+empty (delivery included; steadier than wall time on a busy machine), as ratios to "none".
 
 Latency: ``--latency`` messages one at a time; for each, the first notification's arrival at
 the receiver minus the time the store began (the stored resources' ``lastUpdated``).

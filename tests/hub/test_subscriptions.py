@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from hub.sharing import SharingChoices, set_choices
+from hub.subscriptions import SubscriptionListings
 from tests.support.fhir import OTHER, SH_H, ZJ_H
 from tests.support.subscriptions import Cast, outbox, subscription
 from tests.support.waiting import wait_until
@@ -209,8 +210,10 @@ def test_a_day_of_failures_puts_the_subscription_in_error(notify_hub, receiver, 
         assert "answered 503" in shown["error"] and len(receiver.received()) >= 2
         assert outbox(cast.hub.engine) == 0
         assert metric("yrdhub_notifications_failed_total") - failed == 1
-        listed = cast.admin.get("/admin/subscriptions", params={"status": "error"}).json()
+        answer = cast.admin.get("/admin/subscriptions", params={"status": "error"})
+        listed = SubscriptionListings.model_validate_json(answer.content).model_dump()
         assert [s["id"] for s in listed["subscriptions"]] == [created["id"]]
+        assert listed["subscriptions"][0]["pending"] == 0
         assert "s3cret" not in str(listed)
         logged = "".join(capfd.readouterr())
         assert "notification not delivered" in logged and "s3cret" not in logged
