@@ -36,7 +36,7 @@ from bench.zj_load import HOSPITALS, resident_id, upload, visit  # noqa: E402
 from hub import compression  # noqa: E402
 from hub.auth import create_token  # noqa: E402
 from mappers.common import RESIDENT_ID_SYSTEM  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.support.common import free_port  # noqa: E402
 
 LINK_BITS_PER_S = 100e6
 SEARCH = {"date": "ge2024-01-01"}  # every Observation: the count has the whole table to read

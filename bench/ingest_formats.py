@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import hubproc  # noqa: E402
 from bench.zj_load import resident_id  # noqa: E402
 from hub.auth import create_token  # noqa: E402
-from tests.conftest import FIXTURES, free_port  # noqa: E402
+from tests.support.common import FIXTURES, free_port  # noqa: E402
 
 SH_H, JS_H, AH_H = "H31010100001", "H32050900012", "H34010400001"
 OBX = ["GLU^葡萄糖^L|NM|6.8|mmol/L|3.9-6.1|H", "WBC^白细胞^L|NM|7.2|10*9/L|3.5-9.5|N",

@@ -28,7 +28,7 @@ from bench.zj_load import HOSPITALS, resident_id, upload  # noqa: E402
 from hub.auth import create_token  # noqa: E402
 from hub.models import Resource  # noqa: E402
 from mappers.common import RESIDENT_ID_SYSTEM  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.support.common import free_port  # noqa: E402
 
 
 def main() -> None:

@@ -220,7 +220,7 @@ def start_sims(persons: Path, latency_ms: int, base_port: int | None = None) -> 
     share a GIL with the callers or the hub; returns it and the hub's YRDHUB_INSURER_*_URL
     settings. Four consecutive ports from ``base_port`` (default: a free one, tried again
     elsewhere when one of the next three is taken)."""
-    from tests.conftest import free_port
+    from tests.support.common import free_port
 
     for _ in range(5):
         proc = subprocess.Popen([sys.executable, "-m", "settlement.simulator", "--base-port",
@@ -239,7 +239,7 @@ def start_sims(persons: Path, latency_ms: int, base_port: int | None = None) -> 
 
 def main() -> None:
     from hub.cli import tune_gc
-    from tests.conftest import free_port
+    from tests.support.common import free_port
 
     tune_gc()  # the load generator's own collector pauses are not the hub's latency
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -42,7 +42,7 @@ from bench.zj_load import resident_id, upload  # noqa: E402
 from hub.auth import create_token  # noqa: E402
 from hub.db import make_engine  # noqa: E402
 from hub.models import Notification, PatientKey, Resource, Subscription  # noqa: E402
-from mappers.common import CST  # noqa: E402
+from mappers.region import CST  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.support.receiver import Receiver  # noqa: E402
 

@@ -40,7 +40,8 @@ from hub.models import Correction, Resource, Sharing
 from hub.search import utc_text
 from hub.sensitivity import CATEGORIES
 from hub.sharing import SharingChoices
-from mappers.common import SHARED_TYPES, province_of
+from mappers.common import SHARED_TYPES
+from mappers.region import province_of
 
 R = Resource.__table__
 C = Correction.__table__
@@ -220,9 +221,10 @@ def _audit(engine, caller: Caller, patient_ids, what: str, outcome: str,
            detail: str | None = None) -> None:
     # a patient reading their own: ``patient_id`` already says who
     code = None if caller.party.kind == "patient" else caller.party.code
+    # one request, one ``lookup`` row, however many patients it showed
     events = [audit.ReadEvent(caller.party.kind, code, pid, caller.purpose,
-                              outcome, what, caller.emergency_reason, detail)
-              for pid in (patient_ids or [None])]
+                              outcome, what, caller.emergency_reason, detail, lookup=n == 0)
+              for n, pid in enumerate(patient_ids or [None])]
     audit.record(engine, events)
 
 

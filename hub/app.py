@@ -7,18 +7,22 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import JSONResponse, Response
 
-from hub import (admin, audit, auth, compression, corrections, errors, fhir_api, hl7_ingest, ingest,
-                 metrics, notify, portal, subscriptions)
+from hub import (admin, admin_pages, api_models, audit, auth, compression, corrections, errors,
+                 fhir_api, hl7_ingest, ingest, metrics, notify, portal, subscriptions)
 from settlement import api as settlement_api
+from settlement import schemas as settlement_schemas
 from settlement.platform import PlatformClient
 from settlement.transfer import start_transfers
-from hub.config import PROVINCES, Settings, get_settings
+from hub.config import Settings, get_settings
+from mappers.region import PROVINCES
 from hub.db import get_engine
 from hub.migrate import upgrade
 from hub.portal.guard import SignInGuard
@@ -39,9 +43,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ingest.shutdown_pool(app)
         audit.flush(app.state.engine)
 
-    # /openapi.json is served; the docs pages are not (FastAPI's load their scripts from a CDN)
+    # /openapi.json is served; the docs pages are not (FastAPI's load their scripts from a CDN, and
+    # the hub vendors no Swagger UI: any OpenAPI viewer reads the document)
     app = FastAPI(title="yrdhub", version="0.1.0", lifespan=lifespan, docs_url=None,
                   redoc_url=None)
+    app.openapi = lambda: _openapi(app)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sign_in_guard = SignInGuard(engine)
@@ -53,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(settlement_api.router)
     app.include_router(admin.router)
     app.include_router(subscriptions.admin_router)
+    app.include_router(admin_pages.router)
     app.include_router(corrections.router)
     app.include_router(portal.router)
     app.state.starters = [ingest.start_map_pool, start_platform, hl7_ingest.start_mllp,
@@ -60,6 +67,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                           notify.start]
     _install_operating(app)
     return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's document, plus the schemas of the JSON bodies that handlers parse themselves
+    (``settlement.schemas.request_body``: named there, defined here). Made once."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        _, defs = models_json_schema([(m, "validation") for m in settlement_schemas.BODY_MODELS],
+                                     ref_template="#/components/schemas/{model}")
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for name, schema in defs.get("$defs", {}).items():
+            schemas.setdefault(name, schema)
+        _hub_validation_errors(document)
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+def _hub_validation_errors(document: dict) -> None:
+    """FastAPI documents a bad parameter as 422 ``HTTPValidationError``; outside ``/fhir`` the hub
+    answers it as 422 ``ErrorBody`` (``errors.install``): say so."""
+    error = {"description": "a parameter that is not valid (INVALID_REQUEST)", "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            answer = operation["responses"].get("422", {})
+            if not path.startswith("/fhir") and "HTTPValidationError" in str(answer):
+                operation["responses"]["422"] = error
 
 
 async def _start_background(app: FastAPI) -> list:
@@ -132,11 +166,13 @@ def _install_operating(app: FastAPI) -> None:
                        compresslevel=compression.MIDDLEWARE_LEVEL)
     app.add_middleware(MetricsMiddleware)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={200: {"description": "Prometheus text", "content": {
+        CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
     def _metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={200: {"model": api_models.Health, "description": "it can serve"},
+                                    503: {"model": api_models.Health, "description": "it cannot"}})
     async def _healthz(request: Request) -> Response:
         database = await asyncio.to_thread(_database_ok, request.app.state.engine)
         platforms = await _platforms_reachable(request.app)

@@ -45,6 +45,8 @@ class ReadEvent:
     what: str
     reason: str | None = None
     detail: str | None = None
+    # the first (or only) event of one request: the indicators count requests by it
+    lookup: bool = True
 
 
 FLUSH_SECONDS = 0.02
@@ -56,7 +58,7 @@ def _row(e: ReadEvent, now: datetime) -> dict:
     return {"recorded": now, "party_kind": e.party_kind, "party_code": e.party_code,
             "patient_id": e.patient_id, "purpose": e.purpose, "outcome": e.outcome,
             "what": scrub(e.what)[:300], "reason": scrub(e.reason)[:500] if e.reason else None,
-            "detail": scrub(e.detail)[:500] if e.detail else None}
+            "detail": scrub(e.detail)[:500] if e.detail else None, "lookup": e.lookup}
 
 
 class AuditWriter:

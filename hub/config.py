@@ -12,7 +12,8 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROVINCES = ("SH", "JS", "ZJ", "AH")
+from mappers.region import PROVINCES
+
 
 
 class Settings(BaseSettings):

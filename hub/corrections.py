@@ -26,53 +26,37 @@ from __future__ import annotations
 
 import secrets
 from datetime import date, datetime, timezone
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
+from hub import api_models as m
+from hub.api_models import AnswerRequest, CorrectionRequest
 from hub.auth import Party, bearer_party
 from hub.db import writer
 from hub.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from hub.models import Correction, Resource
 from hub.portal.accesslog import organisation
-from mappers.common import CST
+from mappers.region import CST
 from settlement.transfer import WorkCalendar, add_working_days, is_overdue, load_calendar, local_iso
 
 C = Correction.__table__
 R = Resource.__table__
 WORKING_DAYS = 10
 STATUSES = ("open", "corrected", "rejected", "withdrawn")
-Kind = Literal["not_mine", "wrong", "incomplete", "other"]
-Decision = Literal["corrected", "rejected"]
-TEXT = Field(min_length=1, max_length=500)
-# "Type/id" as the hub stores them (ids of make_id, or a sender's own FHIR ids)
-RESOURCE_PATTERN = r"^[A-Z][A-Za-z]{1,39}/[A-Za-z0-9\-.]{1,64}$"
 # What the patient is told about a field that is not right (pydantic's location -> message).
 PATIENT_MESSAGES = {
     "resource": "请指明要更正的记录（形如 Condition/<id>）。",
     "kind": "请选择更正类型：不是我的记录、内容有误、内容不完整或其他。",
     "text": "请填写更正说明（1 至 500 个字）。",
 }
-
-
-class CorrectionRequest(BaseModel):
-    model_config = ConfigDict(str_strip_whitespace=True)
-    resource: str = Field(pattern=RESOURCE_PATTERN)
-    kind: Kind
-    text: str = TEXT
-
-
-class AnswerRequest(BaseModel):
-    model_config = ConfigDict(str_strip_whitespace=True)
-    decision: Decision
-    reason: str = TEXT
 
 
 def parse(model: type[BaseModel], body: Any, code: str,
@@ -248,20 +232,22 @@ def _hospital(party: Party) -> str:
     return party.code
 
 
-@router.get("")
+@router.get("", responses=m.answers(m.CorrectionList, 403, 422, description="oldest first (422 INVALID_STATUS)"))
 def list_corrections(request: Request, status: str | None = None,
                      party: Party = Depends(bearer_party)) -> JSONResponse:
     hospital = _hospital(party)
     return JSONResponse({"corrections": service(request.app).addressed(hospital, status)})
 
 
-@router.get("/{correction_id}")
+@router.get("/{correction_id}", responses=m.answers(m.CorrectionPublic, 403, 404))
 def show_correction(request: Request, correction_id: str,
                     party: Party = Depends(bearer_party)) -> JSONResponse:
     return JSONResponse(service(request.app).get_addressed(_hospital(party), correction_id))
 
 
-@router.post("/{correction_id}/answer")
+@router.post("/{correction_id}/answer", openapi_extra=m.body(AnswerRequest), responses=m.answers(
+    m.CorrectionPublic, 400, 403, 404, 409, 422,
+    description="the answered correction (409 NOT_CORRECTED, CORRECTION_CLOSED; 422 INVALID_ANSWER)"))
 async def answer_correction(request: Request, correction_id: str,
                             party: Party = Depends(bearer_party)) -> JSONResponse:
     hospital = _hospital(party)

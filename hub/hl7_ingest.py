@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, insert, select, update
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hub import ingest, metrics, store
+from hub import api_models, arrivals, ingest, metrics, store
 from hub.auth import Party, bearer_party, require_hospital
 from hub.db import write_retrying
 from hub.errors import BadRequest
@@ -66,22 +66,24 @@ def _store_all(conn, sender: str, items, content_type) -> list[bytes]:
         if control is not None:
             first_of[control] = n
         fresh.append((n, message, mapped))
-    upload_ids = _archive_all(conn, sender, fresh, content_type)
+    now = datetime.now(timezone.utc)
+    upload_ids = _archive_all(conn, sender, fresh, content_type, now)
     records, origins = [], []
     for (_, _, mapped), upload_id in zip(fresh, upload_ids):
         records += mapped.result.records
         origins += [upload_id] * len(mapped.result.records)
     put = store.put_records(conn, "sh", records, None, origins)
     acks = _finish(conn, sender, fresh, upload_ids, put)
+    arrivals.write(conn, [arrivals.of_message(upload_id, sender, now, mapped, put)
+                          for (_, _, mapped), upload_id in zip(fresh, upload_ids)])
     return [acks[n] if n in acks else
             answered.get(_controlled(r)) or acks[first_of[_controlled(r)]]
             for n, (_, r) in enumerate(items)]
 
 
-def _archive_all(conn, sender: str, fresh, content_type) -> list[int]:
+def _archive_all(conn, sender: str, fresh, content_type, now: datetime) -> list[int]:
     if not fresh:
         return []
-    now = datetime.now(timezone.utc)
     rows = [ingest.upload_row("sh", sender, m, content_type, now) for _, m, _ in fresh]
     return list(conn.execute(insert(Upload).returning(Upload.id, sort_by_parameter_order=True),
                              rows).scalars())
@@ -166,7 +168,12 @@ def _group_commit(app) -> GroupCommit:
     return app.state.group_commit
 
 
-@router.post("/ingest/sh")
+@router.post("/ingest/sh", response_class=Response, openapi_extra={"requestBody": {
+    "required": True, "description": "HL7 v2 (formats/shanghai-hl7v2.md): one message, several, or a batch",
+    "content": {"x-application/hl7-v2+er7": {"schema": {"type": "string"}}}}},
+    responses={200: {"description": "one ACK per message, in order",
+                     "content": {ER7: {"schema": {"type": "string"}}}},
+               **{code: {"model": api_models.ErrorBody} for code in (400, 401, 403, 413)}})
 async def ingest_sh(request: Request, party: Party = Depends(bearer_party)) -> Response:
     """One message, several, or a batch: one ACK per message, in order."""
     sender = require_hospital(party)

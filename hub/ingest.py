@@ -24,14 +24,15 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hub import api_models, metrics, store
+from hub import api_models, arrivals, metrics, store
 from hub.auth import Party, bearer_party, require_hospital
 from hub.db import write_retrying, writer
 from hub.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from hub.models import Upload
 from hub.workers import start_pool
 from mappers.anhui_csv import ArchiveTooLarge
-from mappers.common import ForeignSender, MapResult, UnreadableUpload
+from mappers.common import MapResult
+from mappers.errors import ForeignSender, UnreadableUpload
 
 log = structlog.get_logger("hub.ingest")
 router = APIRouter()
@@ -89,9 +90,10 @@ def upload_row(channel: str, sender: str, body: bytes, content_type: str | None,
 
 
 def archive(conn, channel: str, sender: str, body: bytes, content_type: str | None,
-            filename: str | None = None, rerun_of: int | None = None) -> int:
-    row = upload_row(channel, sender, body, content_type, datetime.now(timezone.utc), filename,
-                     rerun_of)
+            filename: str | None = None, rerun_of: int | None = None,
+            received_at: datetime | None = None) -> int:
+    row = upload_row(channel, sender, body, content_type,
+                     received_at or datetime.now(timezone.utc), filename, rerun_of)
     return conn.execute(insert(Upload).returning(Upload.id), [row]).scalar_one()
 
 
@@ -106,12 +108,16 @@ def store_mapped(engine: Engine, channel: str, sender: str, body: bytes, result:
     """Archive ``body`` and store ``result`` in one transaction; retried on a write conflict
     (two uploads creating the same patient at once), which the second attempt then sees."""
     def work(conn) -> Outcome:
-        upload_id = archive(conn, channel, sender, body, content_type, filename, rerun_of)
+        now = datetime.now(timezone.utc)
+        upload_id = archive(conn, channel, sender, body, content_type, filename, rerun_of, now)
         put = store.put_records(conn, channel, result.records, upload_id)
-        outcome = Outcome(upload_id, put.stored, put.unchanged,
-                          [r.as_dict() for r in result.rejected + put.rejected],
+        rejected = result.rejected + put.rejected
+        outcome = Outcome(upload_id, put.stored, put.unchanged, [r.as_dict() for r in rejected],
                           list(result.notes))
         set_summary(conn, upload_id, outcome.summary())
+        if rerun_of is None:  # a re-run is nothing the hospital sent
+            arrivals.write(conn, arrivals.of_upload(upload_id, sender, now, channel,
+                                                    result.records, put, rejected))
         return outcome
 
     return write_retrying(engine, work)

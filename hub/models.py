@@ -13,6 +13,10 @@
 - ``api_token``: bearer tokens, only their SHA-256 stored.
 - ``rate_limit``: the state of the ``limits`` library's rate limits (``hub/ratelimit.py``), here so
   that every hub process on the database shares it.
+- ``record_arrival``: one row per record an ingest answer counted (stored, unchanged, or one per
+  rejection with its reason), with the month it arrived in (+08:00) and, for a stored one, the
+  delay from its visit's start: what the cooperation indicators (``hub/indicators.py``) count.
+- ``admin_session``: administrators' sessions of the indicators page (``hub/admin_pages.py``).
 - ``correction``: a patient's request that the sending hospital correct one resource (数据异议),
   with its answer and the resource's versions before and after.
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import Column, Index, LargeBinary, Text, text
+from sqlalchemy import Column, Index, LargeBinary, Text, false, text
 from sqlmodel import Field, SQLModel
 
 
@@ -143,6 +147,9 @@ class MessageControl(SQLModel, table=True):
     received_at: datetime
 
 
+LOOKUPS = text("lookup AND party_kind = 'hospital'")
+
+
 class AuditRecord(SQLModel, table=True):
     """One read of a patient's data, allowed or refused (served as a FHIR AuditEvent).
 
@@ -151,7 +158,10 @@ class AuditRecord(SQLModel, table=True):
 
     __tablename__ = "audit_event"
     __table_args__ = (Index("ix_audit_patient_time", "patient_id", "recorded"),
-                      Index("ix_audit_time", "recorded"))
+                      Index("ix_audit_time", "recorded"),
+                      # covering, so the month's lookups read no row of the table
+                      Index("ix_audit_lookups", "recorded", "party_code", "purpose", "outcome",
+                            "party_kind", "lookup", sqlite_where=LOOKUPS, postgresql_where=LOOKUPS))
     id: int | None = Field(default=None, primary_key=True)
     recorded: datetime
     party_kind: str = Field(max_length=10)
@@ -162,6 +172,9 @@ class AuditRecord(SQLModel, table=True):
     outcome: str = Field(max_length=10)  # allowed | refused
     what: str = Field(max_length=300)
     detail: str | None = Field(default=None, max_length=500)
+    # True on the first (or only) row of one request's events (a search writes one row per
+    # patient it showed): the indicators count requests by it.
+    lookup: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class Sharing(SQLModel, table=True):
@@ -274,3 +287,44 @@ class Notification(SQLModel, table=True):
     claimed_until: datetime | None = None
     attempts: int = 0
     last_error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class RecordArrival(SQLModel, table=True):
+    """One record an ingest answer counted, written in the transaction that stored the upload.
+
+    ``units`` is what the answer counted for it (1, or for a record made of spreadsheet rows
+    its rows); a rejection is one row with ``outcome`` ``rejected``, ``units`` 1 and its
+    ``reason``. ``month`` is the arrival's month in +08:00 (so a month's rows are one index
+    range, read in order of delay for the medians); ``delay_s`` runs from the visit's start to
+    the arrival, for records stored (new or changed) whose visit start is known, else NULL.
+    Append-only.
+    """
+
+    __tablename__ = "record_arrival"
+    __table_args__ = (
+        Index("ix_arrival_counts", "month", "hospital", "outcome", "units", "delay_s"),
+        Index("ix_arrival_reasons", "month", "outcome", "hospital", "reason"),
+        Index("ix_arrival_delay_hospital", "month", "hospital", "delay_s"),
+        Index("ix_arrival_delay_province", "month", "province", "delay_s"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    upload_id: int
+    hospital: str = Field(max_length=20)
+    province: str | None = Field(default=None, max_length=2)
+    month: str = Field(max_length=7)
+    arrived: datetime
+    outcome: str = Field(max_length=10)  # stored | unchanged | rejected
+    units: int
+    reason: str | None = Field(default=None, max_length=500)
+    delay_s: int | None = None
+
+
+class AdminSession(SQLModel, table=True):
+    """An administrator's session of the indicators page: only the SHA-256 of the cookie's
+    random id is kept (as the portal's), with the CSRF token of its forms."""
+
+    __tablename__ = "admin_session"
+    id_hash: str = Field(primary_key=True, max_length=64)
+    csrf: str = Field(max_length=64)
+    created: datetime
+    expires: datetime = Field(index=True)

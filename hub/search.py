@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from sqlalchemy import and_, exists, func, not_, or_, select
 
 from hub.models import SearchIndex
-from mappers.common import CST
+from mappers.region import CST
 
 
 class SearchError(ValueError):

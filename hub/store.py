@@ -25,7 +25,8 @@ from hub.models import Patient as PatientRow
 from hub.models import PatientKey
 from hub.models import Record as RecordRow
 from hub.models import Resource, ResourceHistory, SearchIndex
-from mappers.common import PATIENT_REF, SHARED_TYPES, Record, Rejection, make_id, province_of
+from mappers.common import PATIENT_REF, SHARED_TYPES, Record, Rejection, make_id
+from mappers.region import province_of
 
 _PATIENT_REF = PATIENT_REF.encode()
 # A visit is described by several records (Jiangsu's outpatient record and its lab and imaging
@@ -46,6 +47,8 @@ class PutResult:
     rejected: list[Rejection] = field(default_factory=list)
     patients: set[str] = field(default_factory=set)
     outcomes: dict[str, "str | Rejection"] = field(default_factory=dict)
+    # per record key not rejected: what the answer counted for it (1, or its rows)
+    units: dict[str, int] = field(default_factory=dict)
 
 
 def record_digest(record: Record) -> str:
@@ -101,6 +104,7 @@ def put_records(conn: Connection, channel: str, records: list[Record],
             result.rejected.append(outcome)
             continue
         stored, unchanged = _count(record, row, outcome == "unchanged")
+        result.units[key] = stored + unchanged
         result.stored += stored
         result.unchanged += unchanged
         if outcome == "unchanged":

@@ -35,7 +35,6 @@ from hub.auth import Party, bearer_party, require_admin
 from hub.db import writer
 from hub.errors import FHIR_JSON, BadRequest, Forbidden, NotFound, Unprocessable
 from hub.models import Notification, Subscription
-from mappers.common import InvalidValue, validate
 
 router = APIRouter(prefix="/fhir/Subscription")
 admin_router = APIRouter(prefix="/admin")
@@ -69,10 +68,7 @@ def parse(body: bytes) -> tuple[dict, str, str]:
         raise BadRequest(f"the body is not JSON: {exc}") from None
     if not isinstance(resource, dict) or resource.get("resourceType") != "Subscription":
         raise Unprocessable("the body must be a FHIR R4 Subscription", code="NOT_SUBSCRIPTION")
-    try:
-        validate(resource)
-    except InvalidValue as exc:
-        raise Unprocessable(str(exc), code="INVALID_SUBSCRIPTION") from None
+    _valid_r4(resource)
     if resource["status"] not in R4_STATUSES:  # a required binding fhir.resources leaves open
         raise Unprocessable(f"Subscription.status must be one of {', '.join(R4_STATUSES)}",
                             code="INVALID_SUBSCRIPTION")
@@ -82,6 +78,21 @@ def parse(body: bytes) -> tuple[dict, str, str]:
                             f"of {', '.join(sorted(notify.SUBSCRIBABLE))}", code="CRITERIA")
     _check_channel(resource["channel"])
     return resource, match["type"], match["pid"]
+
+
+def _valid_r4(resource: dict) -> None:
+    """422 naming the first element that is not R4 (``fhir.resources``' R4 model, which also
+    holds R4's required elements: ``status``, ``reason``, ``criteria``, ``channel.type``)."""
+    from fhir.resources.R4B import get_fhir_model_class
+    from pydantic import ValidationError
+
+    try:
+        get_fhir_model_class("Subscription").model_validate(resource)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        raise Unprocessable(f"Subscription.{where}: {error.get('msg')}",
+                            code="INVALID_SUBSCRIPTION") from None
 
 
 def _check_channel(channel: dict) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -30,6 +30,12 @@ class Settlement(SQLModel, table=True):
         UniqueConstraint("fixmedins_code", "request_key", name="uq_settlement_request"),
         Index("ix_settlement_state", "state"),
         Index("ix_settlement_setl_date", "setl_date"),
+        # the cooperation indicators read a month by settlement time (or, never sent, by
+        # creation) from these alone (covering: no row is read)
+        Index("ix_settlement_month", "setl_time", "state", "insuplc", "fixmedins_code", "refusal_code",
+              "medfee_fen"),
+        Index("ix_settlement_unsent", "created_at", "setl_time", "state", "insuplc", "fixmedins_code",
+              "refusal_code"),
     )
     setl_id: str = Field(primary_key=True, max_length=40)
     fixmedins_code: str = Field(max_length=20)
@@ -47,6 +53,8 @@ class Settlement(SQLModel, table=True):
     psn_no: str | None = Field(default=None, max_length=40)
     split: str | None = Field(default=None, sa_column=Column(Text))  # JSON, two-place strings
     refusal: str | None = Field(default=None, sa_column=Column(Text))  # JSON {code, message}
+    refusal_code: str | None = Field(default=None, max_length=40)  # refusal's code (service.figures_of)
+    medfee_fen: int | None = Field(default=None, sa_column=Column(BigInteger))  # split's medfee_sumamt in fen
     error_code: str | None = Field(default=None, max_length=40)  # state invalid: the 422 code
     insurer_setl_id: str | None = Field(default=None, max_length=64)
     accum_year: int | None = None

@@ -51,6 +51,7 @@ from collections.abc import Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -61,11 +62,11 @@ from sqlalchemy.pool import StaticPool
 from hub.auth import Party
 from hub.db import is_sqlite, writer
 from hub.errors import Conflict, Forbidden, HubError, NotFound, Unprocessable
-from mappers.common import CST, scrub
+from mappers.region import CST, money_text, province_of, scrub
 
 from .models import Settlement, SettlementMsgid, SettlementPersonLease
-from .platform import PlatformClient, PlatformError, OutcomeUnknown, Refused, SPLIT_FIELDS, fmt_money, fmt_time, interpret
-from .reference import default_reference, province_of
+from .platform import PlatformClient, PlatformError, OutcomeUnknown, Refused, SPLIT_FIELDS, fmt_time, interpret
+from .reference import default_reference
 from .sqlite_loop import LoopConnection
 from .rules import (PersonInfo, PersonInfoInvalid, Refusal, RequestInvalid, SettleRequest, compute_split,
                     select_coverage, validate_request)
@@ -196,6 +197,18 @@ _BUSY = object()  # Store._on_loop: SQLite was busy, run it in a thread
 def _is_busy(exc: OperationalError) -> bool:
     code = getattr(exc.orig, "sqlite_errorcode", None) or 0  # extended: BUSY_SNAPSHOT is BUSY too
     return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc.orig)
+
+
+def figures_of(values: dict) -> dict:
+    """The columns the cooperation indicators group and sum by (``refusal_code``, and
+    ``medfee_fen``: ``medfee_sumamt`` in whole fen, exact on every database), written with the
+    JSON they come from so that they never disagree with it."""
+    out: dict = {}
+    if isinstance(values.get("split"), str):
+        out["medfee_fen"] = int(Decimal(orjson.loads(values["split"])["medfee_sumamt"]) * 100)
+    if isinstance(values.get("refusal"), str):
+        out["refusal_code"] = str(orjson.loads(values["refusal"]).get("code") or "")[:40] or None
+    return out
 
 
 class Store:
@@ -353,7 +366,7 @@ class Store:
                                                         "b_limit": limit, "b_provinces": provinces})]
 
     def _stamp(self, values: dict) -> dict:
-        return {**values, "updated_at": utcnow(), "run_until": time.time() + self.lease}
+        return {**values, **figures_of(values), "updated_at": utcnow(), "run_until": time.time() + self.lease}
 
     # -- the same, asynchronous (from the event loop) -------------------------------------------
 
@@ -875,7 +888,7 @@ class SettlementService:
         # does carry. Where they differ the platform committed an earlier computation, and the
         # committed amounts are the truth; amounts it does not carry cannot be checked.
         mine = orjson.loads(row["split"])
-        theirs = {name: fmt_money(output[name]) for name in SPLIT_FIELDS if duplicate and name in output}
+        theirs = {name: money_text(output[name]) for name in SPLIT_FIELDS if duplicate and name in output}
         if any(theirs[name] != mine[name] for name in theirs):
             log.warning("settlement %s: committed amounts differ from the last computation; taking "
                         "the platform's", row["setl_id"])

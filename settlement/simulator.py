@@ -55,7 +55,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from mappers.common import CST
+from mappers.region import CST
 
 log = logging.getLogger(__name__)
 

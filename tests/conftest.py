@@ -8,33 +8,19 @@ parametrised, so pytest runs the suite on SQLite and then on PostgreSQL.
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures"
-PEERS = ROOT.parent / "shared" / "peers"
+from tests.support.common import Hub, free_port, serve_in_thread
+
 PG_URL = os.environ.get("YRDHUB_TEST_POSTGRES_URL")
 DATABASES = ["sqlite"] + (["postgresql"] if PG_URL else [])
 # Fixtures shared through tests/support: the platforms (``sims``), a settlement hub (``shub``), a
 # portal hub (``portal``) and notification receivers and hubs (``receiver``, ``notify_hub``).
 pytest_plugins = ["tests.support.platforms", "tests.support.settlement", "tests.support.portal_fixtures",
                   "tests.support.subscriptions"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session", params=DATABASES)
@@ -78,41 +64,6 @@ def wipe(engine) -> None:
 def db(engine):
     wipe(engine)
     return engine
-
-
-@dataclass
-class Hub:
-    url: str
-    engine: object
-    app: object
-
-    def token(self, kind: str, subject: str | None = None) -> str:
-        from hub.auth import create_token
-
-        return create_token(self.engine, kind, subject)
-
-    def client(self, token: str | None = None, **kw) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kw)
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self):  # running in a thread
-        pass
-
-
-def serve_in_thread(app, port: int) -> _Server:
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                                    access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("hub did not start")
-        time.sleep(0.02)
-    server.thread = thread
-    return server
 
 
 @pytest.fixture(scope="session")

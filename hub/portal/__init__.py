@@ -22,7 +22,9 @@ router.include_router(api.router)
 router.include_router(records.router)
 
 
-@router.get("/portal/static/{name}")
+@router.get("/portal/static/{name}", response_class=Response, responses={200: {
+    "description": "a stylesheet or script of the pages", "content": {
+        "text/css": {"schema": {"type": "string"}}, "text/javascript": {"schema": {"type": "string"}}}}})
 def static(name: str) -> Response:
     """A file of ``static/`` by its plain name (no paths); 404 otherwise."""
     path = STATIC / name

@@ -16,13 +16,17 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
+from hub import api_models as m
 from hub import sharing
 from hub.errors import BadRequest, Forbidden, HubError
 from hub.portal import accesslog, sessions
 from hub.portal.sessions import PatientSession
+from settlement.schemas import TransferCreate, TransferPublic, Transfers
 from settlement.transfer import TransferError, TransferService
 
 router = APIRouter(prefix="/api/me")
+# Errors of every write (json_body): 415 without application/json, 403 CROSS_ORIGIN, 400 INVALID_JSON
+WRITE = (400, 403, 415)
 
 
 class UnsupportedMediaType(HubError):
@@ -107,24 +111,26 @@ def get_transfer(request: Request, session: PatientSession, transfer_id: str) ->
         raise transfer_failure(exc) from None
 
 
-@router.get("")
+@router.get("", responses=m.answers(m.Me))
 def me(request: Request) -> JSONResponse:
     return JSONResponse(me_view(sessions.require(request)))
 
 
-@router.get("/access-log")
+@router.get("/access-log", responses=m.answers(m.AccessLog))
 def get_access_log(request: Request) -> JSONResponse:
     session = sessions.require(request)
     return JSONResponse({"entries": accesslog.access_log(request.app.state.engine, session.patient_id)})
 
 
-@router.get("/sharing")
+@router.get("/sharing", responses=m.answers(m.SharingChoices))
 def get_sharing(request: Request) -> JSONResponse:
     session = sessions.require(request)
     return JSONResponse(sharing.get_choices(request.app.state.engine, session.patient_id).as_json())
 
 
-@router.put("/sharing")
+@router.put("/sharing", openapi_extra=m.body(m.SharingChoices),
+            responses=m.answers(m.SharingChoices, *WRITE,
+                                description="the choices now in force (400 INVALID_SHARING)"))
 async def put_sharing(request: Request) -> JSONResponse:
     session = sessions.require(request)
     body = await json_body(request)
@@ -136,13 +142,14 @@ async def put_sharing(request: Request) -> JSONResponse:
     return JSONResponse(choices.as_json())
 
 
-@router.get("/transfers")
+@router.get("/transfers", responses=m.answers(Transfers, 503))
 def list_transfers(request: Request) -> JSONResponse:
     session = sessions.require(request)
     return JSONResponse({"transfers": transfers_of(request).list(session.patient_id)})
 
 
-@router.post("/transfers")
+@router.post("/transfers", status_code=201, openapi_extra=m.body(TransferCreate), responses=m.answers(
+    TransferPublic, *WRITE, 409, 503, status=201, description="the new transfer (409 TRANSFER_IN_PROGRESS)"))
 async def post_transfer(request: Request) -> JSONResponse:
     session = sessions.require(request)
     body = await json_body(request)
@@ -151,12 +158,14 @@ async def post_transfer(request: Request) -> JSONResponse:
     return JSONResponse(create_transfer(request, session, body.get("to_admdvs"), body.get("insutype")), 201)
 
 
-@router.get("/transfers/{transfer_id}")
+@router.get("/transfers/{transfer_id}", responses=m.answers(TransferPublic, 404, 503))
 def show_transfer(request: Request, transfer_id: str) -> JSONResponse:
     return JSONResponse(get_transfer(request, sessions.require(request), transfer_id))
 
 
-@router.post("/transfers/{transfer_id}/cancel")
+@router.post("/transfers/{transfer_id}/cancel", openapi_extra=m.body(m.Confirmation, required=False),
+             responses=m.answers(TransferPublic, *WRITE, 404, 409, 503,
+                                 description="the cancelled transfer (409 CANNOT_CANCEL)"))
 async def post_cancel(request: Request, transfer_id: str) -> JSONResponse:
     session = sessions.require(request)
     await json_body(request)

@@ -18,10 +18,12 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
+from hub import api_models as m
 from hub import sharing
 from hub.errors import HubError
 from hub.portal import accesslog, api, sessions
 from hub.portal.sessions import PatientSession
+from mappers.region import PROVINCE_NAMES
 from settlement.reference import INSUTYPES
 from settlement.transfer import region_places
 
@@ -36,7 +38,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
 }
-PROVINCE_NAMES = sessions.PROVINCES
 STATUS_LABELS = {"submitted": "已提交", "in_progress": "办理中", "completed": "已完成", "refused": "未能办理",
                  "cancelled": "已撤销"}
 STEP_LABELS = {"4101": "转出地办理转出、出具参保凭证", "4102": "转出地划转个人账户余额",
@@ -109,12 +110,14 @@ def login_page(request: Request, status: int = 200, message: str | None = None, 
     return response
 
 
-@router.get("/login")
+@router.get("/login", **m.page())
 def get_login(request: Request) -> Response:
     return login_page(request)
 
 
-@router.post("/login")
+@router.post("/login", **m.page(form={
+    "province": "the insured province: SH, JS, ZJ or AH", "code": "the e-voucher code of the insurance app"},
+    redirect="/portal (401 the form again; 429 with Retry-After after too many failures)"))
 async def post_login(request: Request) -> Response:
     """Sign in (hub-interface.md): 303 to /portal with a session; 401 with the form (a refused
     code, which counts against the address and the code); 403 (the form's CSRF token); 429 with
@@ -148,7 +151,7 @@ def too_many_tries(request: Request, wait: int, province: str) -> Response:
     return response
 
 
-@router.post("/logout")
+@router.post("/logout", **m.page(form={}, redirect="/portal/login"))
 async def post_logout(request: Request) -> Response:
     session = sessions.current(request)
     if session is not None:
@@ -163,7 +166,7 @@ async def post_logout(request: Request) -> Response:
 # -- home, access log, sharing ---------------------------------------------------------------------
 
 
-@router.get("")
+@router.get("", **m.page())
 def home(request: Request) -> Response:
     session = sessions.current(request)
     if session is None:
@@ -173,7 +176,7 @@ def home(request: Request) -> Response:
     return page(request, session, "home.html", transfers=transfers)
 
 
-@router.get("/access-log")
+@router.get("/access-log", **m.page())
 def access_log_page(request: Request) -> Response:
     session = sessions.current(request)
     if session is None:
@@ -183,7 +186,7 @@ def access_log_page(request: Request) -> Response:
                 outcomes=accesslog.OUTCOME_LABELS, describe=accesslog.describe)
 
 
-@router.get("/sharing")
+@router.get("/sharing", **m.page())
 def sharing_page(request: Request) -> Response:
     session = sessions.current(request)
     if session is None:
@@ -192,7 +195,9 @@ def sharing_page(request: Request) -> Response:
     return page(request, session, "sharing.html", choices=choices, saved=request.query_params.get("saved") == "1")
 
 
-@router.post("/sharing")
+@router.post("/sharing", **m.page(form={
+    "cross_province": "on to share across provinces", "mental": "on to share", "hiv": "on to share",
+    "sti": "on to share"}, redirect="/portal/sharing?saved=1"))
 async def post_sharing(request: Request) -> Response:
     signed = await signed_in_form(request)
     if isinstance(signed, Response):
@@ -213,13 +218,15 @@ def transfer_form(request: Request, session: PatientSession, status: int = 200, 
                 chosen=chosen or {})
 
 
-@router.get("/transfers/new")
+@router.get("/transfers/new", **m.page())
 def new_transfer(request: Request) -> Response:
     session = sessions.current(request)
     return to_login() if session is None else transfer_form(request, session)
 
 
-@router.post("/transfers")
+@router.post("/transfers", **m.page(form={
+    "to_admdvs": "the county-level code to move to", "insutype": "310 or 390"},
+    redirect="/portal/transfers/{id}"))
 async def post_transfer(request: Request) -> Response:
     signed = await signed_in_form(request)
     if isinstance(signed, Response):
@@ -233,7 +240,7 @@ async def post_transfer(request: Request) -> Response:
     return RedirectResponse(f"/portal/transfers/{created['id']}", 303, headers=SECURITY_HEADERS)
 
 
-@router.get("/transfers/{transfer_id}")
+@router.get("/transfers/{transfer_id}", **m.page())
 def transfer_page(request: Request, transfer_id: str) -> Response:
     session = sessions.current(request)
     if session is None:
@@ -264,7 +271,7 @@ async def ending_form(request: Request, end: Callable[[PatientSession], Awaitabl
     return RedirectResponse(f"{back}?notice={notice}", 303, headers=SECURITY_HEADERS)
 
 
-@router.post("/transfers/{transfer_id}/cancel")
+@router.post("/transfers/{transfer_id}/cancel", **m.page(form={}, redirect="/portal/transfers/{id}"))
 async def post_cancel(request: Request, transfer_id: str) -> Response:
     return await ending_form(request, lambda session: api.cancel_transfer(request, session, transfer_id),
                              f"/portal/transfers/{transfer_id}", "cancel")

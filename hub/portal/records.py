@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from hub import access, corrections, store
+from hub import api_models as m
 from hub.auth import Party
 from hub.errors import FHIR_JSON, HubError, NotFound
 from hub.fhir_api import hospital_names
@@ -59,7 +60,11 @@ def collection(shown: list[bytes], base: str) -> bytes:
     return b'{"resourceType":"Bundle","type":"collection","entry":[' + b",".join(entries) + b"]}"
 
 
-@router.get("/api/me/records")
+class FhirJSONResponse(JSONResponse):
+    media_type = FHIR_JSON  # what the document says /api/me/records answers (it writes its bytes)
+
+
+@router.get("/api/me/records", response_class=FhirJSONResponse, responses=m.answers(m.Bundle))
 def get_records(request: Request) -> Response:
     session = sessions.require(request)
     base = str(request.base_url).rstrip("/")
@@ -73,7 +78,9 @@ def _service(request: Request) -> corrections.Corrections:
     return corrections.service(request.app)
 
 
-@router.post("/api/me/corrections")
+@router.post("/api/me/corrections", status_code=201, openapi_extra=m.body(m.CorrectionRequest), responses=m.answers(
+    m.CorrectionPublic, *api.WRITE, 404, 409, 422, status=201,
+    description="the new correction (404 not in the own record, 409 CORRECTION_OPEN, 422 INVALID_CORRECTION)"))
 async def post_correction(request: Request) -> JSONResponse:
     session = sessions.require(request)
     body = await api.json_body(request)
@@ -81,19 +88,21 @@ async def post_correction(request: Request) -> JSONResponse:
     return JSONResponse(created, 201)
 
 
-@router.get("/api/me/corrections")
+@router.get("/api/me/corrections", responses=m.answers(m.CorrectionList))
 def list_corrections(request: Request) -> JSONResponse:
     session = sessions.require(request)
     return JSONResponse({"corrections": _service(request).mine(session.patient_id)})
 
 
-@router.get("/api/me/corrections/{correction_id}")
+@router.get("/api/me/corrections/{correction_id}", responses=m.answers(m.CorrectionPublic, 404))
 def show_correction(request: Request, correction_id: str) -> JSONResponse:
     session = sessions.require(request)
     return JSONResponse(_service(request).get_mine(session.patient_id, correction_id))
 
 
-@router.post("/api/me/corrections/{correction_id}/withdraw")
+@router.post("/api/me/corrections/{correction_id}/withdraw", openapi_extra=m.body(m.Confirmation, required=False),
+             responses=m.answers(
+    m.CorrectionPublic, *api.WRITE, 404, 409, description="the withdrawn correction (409 CORRECTION_CLOSED)"))
 async def post_withdraw(request: Request, correction_id: str) -> JSONResponse:
     session = sessions.require(request)
     await api.json_body(request)
@@ -113,7 +122,7 @@ def _by_resource(request: Request, session: PatientSession) -> dict[str, list[di
     return found
 
 
-@router.get("/portal/records")
+@router.get("/portal/records", **m.page())
 def records_page(request: Request) -> Response:
     return for_patient(request, lambda session: _records_page(request, session))
 
@@ -139,12 +148,15 @@ def record_page(request: Request, session: PatientSession, ref: str, status: int
                 message=message, chosen=chosen or {}, **LABELS)
 
 
-@router.get("/portal/records/{res_type}/{res_id}")
+@router.get("/portal/records/{res_type}/{res_id}", **m.page())
 def one_record(request: Request, res_type: str, res_id: str) -> Response:
     return for_patient(request, lambda session: record_page(request, session, f"{res_type}/{res_id}"))
 
 
-@router.post("/portal/corrections")
+@router.post("/portal/corrections", **m.page(form={
+    "resource": "Type/id of the record", "kind": "not_mine, wrong, incomplete or other",
+    "text": "1 to 500 characters"},
+    redirect="/portal/corrections/{id}"))
 async def post_correction_form(request: Request) -> Response:
     signed = await signed_in_form(request)
     if isinstance(signed, Response):
@@ -159,14 +171,14 @@ async def post_correction_form(request: Request) -> Response:
                             headers=SECURITY_HEADERS)
 
 
-@router.get("/portal/corrections")
+@router.get("/portal/corrections", **m.page())
 def corrections_page(request: Request) -> Response:
     return for_patient(request, lambda session: page(
         request, session, "corrections.html", corrections=_service(request).mine(session.patient_id),
         **LABELS))
 
 
-@router.get("/portal/corrections/{correction_id}")
+@router.get("/portal/corrections/{correction_id}", **m.page())
 def correction_page(request: Request, correction_id: str) -> Response:
     return for_patient(request, lambda session: _correction_page(request, session, correction_id))
 
@@ -180,7 +192,8 @@ def _correction_page(request: Request, session: PatientSession, correction_id: s
                 notice=request.query_params.get("notice"), **LABELS)
 
 
-@router.post("/portal/corrections/{correction_id}/withdraw")
+@router.post("/portal/corrections/{correction_id}/withdraw", **m.page(form={},
+             redirect="/portal/corrections/{id}"))
 async def post_withdraw_form(request: Request, correction_id: str) -> Response:
     def withdraw(session: PatientSession):
         return run_in_threadpool(_service(request).withdraw, session.patient_id, correction_id)

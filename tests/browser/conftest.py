@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from settlement.simulator import start_simulators
-from tests.portal_support import start_hub
+from tests.support.portal import start_hub
 from tests.support import browser as support
 
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from mappers.common import RESIDENT_ID_SYSTEM
-from tests.portal_support import LISI, QIANFANG_ZJ, SUNQIANG
+from tests.support.portal import LISI, QIANFANG_ZJ, SUNQIANG
 from tests.support import browser as support
 
 pytest.importorskip("playwright.sync_api")

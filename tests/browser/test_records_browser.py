@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from hub.auth import create_token
-from tests.portal_support import LISI
+from tests.support.portal import LISI
 from tests.support import browser as support
 from tests.support.visits import ZJ_H, zj_visit
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port
-from tests.portal_support import session
+from tests.support.common import ROOT, free_port
+from tests.support.portal import session
 
 READY_WITHIN = 90  # seconds; generous for a loaded machine (the demo itself takes a few)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 
-from tests.conftest import ROOT
+from tests.support.common import ROOT
 from tests.support.install import clean_env, install_in_venv, run
 
 # What a built wheel must not depend on: the checkout's test data and working files.

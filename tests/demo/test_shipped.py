@@ -11,8 +11,8 @@ import pytest
 
 from hub import cli
 from mappers import shanghai_hl7v2
-from mappers.common import CST
-from tests.conftest import FIXTURES
+from mappers.region import CST
+from tests.support.common import FIXTURES
 from yrdhub_demo import shipped, story
 
 DATA = shipped.data_root()

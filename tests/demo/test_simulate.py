@@ -13,7 +13,7 @@ import sys
 import httpx
 
 from settlement.platform import PlatformClient
-from tests.conftest import ROOT, free_port
+from tests.support.common import ROOT, free_port
 
 
 def four_free_ports() -> int:

@@ -17,7 +17,7 @@ import yaml
 from hub import cli
 from hub.config import Settings
 from settlement.reference import default_reference
-from tests.conftest import ROOT
+from tests.support.common import ROOT
 from tests.support.install import clean_env, install_in_venv, run
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text("utf-8"))

@@ -5,7 +5,7 @@ import json
 from sqlalchemy import func, select
 
 from hub.models import Resource, Upload
-from tests.conftest import FIXTURES
+from tests.support.common import FIXTURES
 
 
 def counts(engine):

@@ -2,7 +2,7 @@
 provinces."""
 
 from mappers.common import RESIDENT_ID_SYSTEM
-from tests.conftest import FIXTURES
+from tests.support.common import FIXTURES
 
 JS, SH, ZJ = FIXTURES / "js", FIXTURES / "sh", FIXTURES / "zj"
 RID = "33042119850412002X"

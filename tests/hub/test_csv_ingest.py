@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from hub.models import Resource
 from mappers.common import make_id
-from tests.conftest import FIXTURES
+from tests.support.common import FIXTURES
 
 AH = FIXTURES / "ah"
 SENDER = "H34010400001"

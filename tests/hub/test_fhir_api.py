@@ -5,7 +5,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from hub import search
 from mappers.common import make_id
-from tests.conftest import FIXTURES
+from tests.support.common import FIXTURES
 from tests.support.references import hospital_code_problems, organization_references
 
 ZJ = FIXTURES / "zj"

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from hub.hl7_ingest import allowed_sender, msh4
 from hub.models import Resource, Upload
 from mappers.common import RESIDENT_ID_SYSTEM
-from tests.conftest import FIXTURES
+from tests.support.common import FIXTURES
 
 SH = FIXTURES / "sh"
 SENDER = "H31010100001"
@@ -104,7 +104,7 @@ def mllp_hub(engine, database_url, db):
     """A hub with its MLLP listener on a free port (senders unset: loopback only)."""
     from hub.app import create_app
     from hub.config import Settings
-    from tests.conftest import free_port, serve_in_thread
+    from tests.support.common import free_port, serve_in_thread
 
     port = free_port()
     app = create_app(Settings(database_url=database_url, mllp_port=port, map_workers=0))

@@ -6,7 +6,7 @@ import orjson
 from sqlalchemy import select
 
 from hub.models import Upload
-from tests.conftest import FIXTURES
+from tests.support.common import FIXTURES
 
 ZJ = FIXTURES / "zj"
 BASIC_SENDER = "H33042100015"

@@ -11,7 +11,7 @@ import sys
 import psutil
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.common import ROOT
 from tests.support.processes import alive, mapper_workers, outlivers, resource_trackers, serve
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),

@@ -15,7 +15,7 @@ from hub.portal.models import PortalSession
 from hub.portal.sessions import hash_id
 from mappers.common import RESIDENT_ID_SYSTEM
 from tests.support.visits import SH_H, ZJ_H, sh_visit, zj_visit
-from tests.portal_support import CHEN, LISI, login_form, session, start_hub
+from tests.support.portal import CHEN, LISI, login_form, session, start_hub
 
 
 def fresh(url: str) -> httpx.Client:

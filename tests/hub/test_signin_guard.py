@@ -13,7 +13,6 @@ import threading
 import time
 
 import httpx
-import pytest
 from limits import parse
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from sqlalchemy import select
@@ -23,8 +22,8 @@ from hub.db import make_engine
 from hub.models import RateLimit
 from hub.portal.guard import SignInGuard, code_hash
 from hub.ratelimit import DatabaseStorage
-from tests.conftest import ROOT, free_port
-from tests.portal_support import LISI, login_form
+from tests.support.common import ROOT, free_port
+from tests.support.portal import LISI, login_form
 
 WRONG = [f"ZJEV-WRONG-{i:04d}" for i in range(10)]
 

@@ -5,63 +5,14 @@ report's performer, ...)."""
 
 from __future__ import annotations
 
-import json
-import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from mappers import anhui_csv, jiangsu_cda, shanghai_hl7v2, zhejiang_json
-from mappers.common import MapResult, Record, UnreadableUpload, validate
-from tests.conftest import FIXTURES, PEERS
+from mappers.common import validate
+from tests.support.corpus import CHANNELS
+from tests.support.corpus import resources as _resources
 from tests.support.references import hospital_code_problems, organization_references
-
-_CUSTODIAN_RE = re.compile(rb"<representedCustodianOrganization>\s*<id [^>]*extension=\"(H\d+)\"")
-
-
-def _files(*folders: Path, pattern: str = "*") -> list[Path]:
-    return sorted(p for folder in folders for p in folder.rglob(pattern)
-                  if p.is_file() and not p.name.startswith("LICENSE"))
-
-
-def _zj(path: Path) -> list[Record]:
-    body = path.read_bytes()
-    return zhejiang_json.map_upload(body, json.loads(body)["jgdm"]).records
-
-
-def _js(path: Path) -> list[Record]:
-    body = path.read_bytes()
-    custodian = _CUSTODIAN_RE.search(body)
-    try:
-        return jiangsu_cda.map_upload(body, custodian.group(1).decode() if custodian else "").records
-    except UnreadableUpload:  # the XML attacks and the C-CDA peers (not WS/T 500) map to nothing
-        return []
-
-
-def _sh(path: Path) -> list[Record]:
-    """Each message as sent by the hospital its MSH-4 names (found by a first mapping)."""
-    records = []
-    for message in shanghai_hl7v2.split_messages(path.read_bytes()):
-        sender = shanghai_hl7v2.map_message(message, "").sending_facility
-        records += shanghai_hl7v2.map_message(message, sender).result.records
-    return records
-
-
-def _ah(path: Path) -> list[Record]:
-    return anhui_csv.map_upload(path.read_bytes(), "H34010400001", path.name).records
-
-
-CHANNELS = {
-    "zj": (_zj, _files(FIXTURES / "zj", pattern="*.json")),
-    "js": (_js, _files(FIXTURES / "js", PEERS / "cda")),
-    "sh": (_sh, _files(FIXTURES / "sh", PEERS / "hl7v2")),
-    "ah": (_ah, _files(FIXTURES / "ah")),
-}
-
-
-def _resources(records: list[Record]) -> list[dict]:
-    return [resource for record in records for resource in [record.patient, *record.resources]]
 
 
 @pytest.mark.parametrize("channel", CHANNELS)

@@ -22,7 +22,7 @@ import pytest
 from bench.settle import bill, make_persons, start_hub, tokens
 from settlement import simulator
 from settlement.simulator import PROVINCE_ADMDVS
-from tests.conftest import free_port
+from tests.support.common import free_port
 from tests.support.platforms import KINDS, SandboxPlatforms, SimulatorPlatforms, sandbox_persons
 
 N = 200

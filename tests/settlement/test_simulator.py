@@ -11,7 +11,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from mappers.common import CST
+from mappers.region import CST
 from settlement.simulator import start_simulators
 from tests.support.waiting import wait_until
 

@@ -13,10 +13,10 @@ from datetime import date, datetime
 
 import pytest
 
-from mappers.common import CST
+from mappers.region import CST
 from settlement.transfer import (TransferService, WorkCalendar, add_working_days, is_overdue, is_working_day,
                                  load_calendar, parse_calendar)
-from tests.portal_support import (CHEN, LISI, LIUYANG, QIANFANG_ZJ, SUNQIANG, WANGFANG, WUXIA, ZHANGWEI,
+from tests.support.portal import (CHEN, LISI, LIUYANG, QIANFANG_ZJ, SUNQIANG, WANGFANG, WUXIA, ZHANGWEI,
                                   ZHAOMIN, ZHENGLEI, ZHOUJIE, session, sign_in, start_hub, wait_final)
 from tests.support.waiting import wait_until
 
@@ -183,7 +183,7 @@ def test_cancel_before_anything_reached_the_origin_sends_nothing(engine, db, sim
     transfer at once, without a 4103, and with no steps."""
     from hub.store import patient_for_resident_id
     from settlement.platform import PlatformClient
-    from tests.conftest import free_port
+    from tests.support.common import free_port
 
     async def scenario():
         client = PlatformClient({**sims.urls, "ZJ": f"http://127.0.0.1:{free_port()}"}, attempts=1)

@@ -12,7 +12,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from mappers.common import RESIDENT_ID_SYSTEM
-from tests.conftest import FIXTURES
+from tests.support.common import FIXTURES
 
 from tests.support.visits import OTHER, RID, SH_H, ZJ_H, sh_visit, zj_visit  # noqa: F401 - the cast, re-exported
 

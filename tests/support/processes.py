@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.conftest import ROOT, free_port
+from tests.support.common import ROOT, free_port
 from tests.support.waiting import wait_until
 
 

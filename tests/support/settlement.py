@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from settlement.service import Options
-from tests.conftest import Hub, free_port, serve_in_thread
+from tests.support.common import Hub, free_port, serve_in_thread
 
 LISI = "33042119850412002X"  # ZJ 330421, the 1101 example
 QINGPU = "H31011800012"  # SH 310118, level 2, demonstration zone

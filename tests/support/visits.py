@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from mappers.common import CST
-from tests.conftest import FIXTURES
+from mappers.region import CST
+from tests.support.common import FIXTURES
 
 RID = "33042119850412002X"
 ZJ_H, SH_H, OTHER = "H33042100015", "H31010400007", "H31011800012"

@@ -1,7 +1,7 @@
 """subscription and notification: FHIR Subscriptions (rest-hook) and their outbox
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0007 (written on 0003; re-chained after 0007 when main was merged in)
 """
 from alembic import op
 import sqlalchemy as sa
@@ -9,7 +9,7 @@ import sqlmodel
 
 
 revision = '0006'
-down_revision = '0003'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from tests.conftest import free_port, serve_in_thread
+from tests.support.common import free_port, serve_in_thread
 
 FAST_TRANSFERS = {"retry_base": 0.1, "retry_max": 0.5, "poll": 0.1, "cancel_wait": 10.0}
 FINAL = ("completed", "refused", "cancelled")
