@@ -139,6 +139,13 @@ def _scope_conditions() -> list:
         bindparam("scope_hospital"), bindparam("scope_cutoff"), bindparam("scope_now")))]
 
 
+def treating_exists(hospital, patient_id, now: datetime):
+    """SQL: is ``hospital`` treating ``patient_id`` at ``now`` (values or columns: the same rule
+    as ``decide``, for one statement over many pairs, e.g. every active Subscription)."""
+    return exists(select(R.c.patient_id).where(
+        *_treating(hospital, treating_cutoff(now), utc_text(now)), R.c.patient_id == patient_id))
+
+
 def _facts_statement():
     """Built once with bind parameters: SQLAlchemy then reuses the compiled form (building the
     statement per read cost more than running it)."""

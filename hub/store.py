@@ -21,7 +21,7 @@ import orjson
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from hub import patients, search, sensitivity
+from hub import notify, patients, search, sensitivity
 from hub.models import Patient as PatientRow
 from hub.models import PatientKey
 from hub.models import Record as RecordRow
@@ -331,6 +331,7 @@ class _Batch:
             reindex.append((row.res_type, row.res_id))
             history.append(self._history(row.res_type, row.res_id, row))
         self._execute(inserts, updates, history, index, reindex)
+        notify.on_stored(self.conn, inserts + updates, self.now)  # the outbox, in this transaction
 
     def _gathered(self, t: str, old, new: dict) -> dict:
         """``new`` with the part list gathered (see PART_LISTS)."""
