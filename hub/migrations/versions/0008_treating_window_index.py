@@ -6,14 +6,14 @@ walked every encounter of the store; with it, only the window's (``patient_id`` 
 the table is not read).
 
 Revision ID: 0008
-Revises: 0007
+Revises: 0006
 Create Date: 2026-12-05 07:30:00
 """
 from alembic import op
 
 
 revision = '0008'
-down_revision = '0007'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
