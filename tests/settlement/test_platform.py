@@ -20,7 +20,7 @@ from settlement.platform import (
     NotSent, OutcomeUnknown, PlatformBusy, PlatformClient, PlatformError, PlatformNotConfigured, Refused,
     client_from_env, new_msgid, parse_retry_after, province_of_place,
 )
-from settlement.simulator import start_simulators
+from settlement.simulated import start_simulators
 
 LISI = "33042119850412002X"
 LIUYANG = "340104197506060010"

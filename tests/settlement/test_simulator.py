@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from mappers.region import CST
-from settlement.simulator import start_simulators
+from settlement.simulated import start_simulators
 from tests.support.waiting import wait_until
 
 LISI = "33042119850412002X"
