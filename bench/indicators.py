@@ -30,7 +30,6 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
-from sqlalchemy import text
 from sqlmodel import SQLModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -42,7 +41,7 @@ from hub.db import make_engine  # noqa: E402
 from hub.migrate import upgrade  # noqa: E402
 import hub.models  # noqa: E402,F401  (the tables' metadata)
 import settlement.models  # noqa: E402,F401
-from tests.support.common import free_port  # noqa: E402
+from tests.support.common import empty_postgres, free_port  # noqa: E402
 
 UTC = timezone.utc
 PROVINCE_DIGITS = {"SH": "31", "JS": "32", "ZJ": "33", "AH": "34"}
@@ -207,12 +206,7 @@ def generate(engine, month: indicators.Month, args) -> None:
 def fresh_database(url: str | None) -> str:
     if url is None:
         return f"sqlite:///{tempfile.mkdtemp(prefix='bench-indicators-')}/hub.db"
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    return url
+    return empty_postgres(url)
 
 
 def measure(url: str, month: indicators.Month, repeat: int) -> None:

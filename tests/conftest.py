@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
-from tests.support.common import Hub, free_port, serve_in_thread
+from tests.support.common import Hub, empty_postgres, free_port, serve_in_thread
 
 PG_URL = os.environ.get("YRDHUB_TEST_POSTGRES_URL")
 DATABASES = ["sqlite"] + (["postgresql"] if PG_URL else [])
@@ -27,14 +27,7 @@ pytest_plugins = ["tests.support.platforms", "tests.support.settlement", "tests.
 def database_url(request, tmp_path_factory) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path_factory.mktemp('db')}/hub.db"
-    from hub.db import make_engine
-
-    engine = make_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    return PG_URL
+    return empty_postgres(PG_URL)
 
 
 @pytest.fixture(scope="session")

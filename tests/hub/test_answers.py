@@ -23,7 +23,7 @@ import pytest
 from tests.support.portal import CHEN, LISI, sign_in
 from hub import api_models as m
 from settlement.schemas import TransferPublic, Transfers
-from tests.support.openapi import check_every_answer, round_trips
+from tests.support.openapi import check_every_answer, error, round_trips
 from tests.support.platforms import platforms
 from tests.support.visits import OTHER, SH_H, ZJ_H, sh_visit, zj_visit
 
@@ -42,11 +42,6 @@ def sims():
     running = platforms("simulator")
     yield running
     running.stop()
-
-
-def error(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False,
-                      separators=(",", ":")).encode()
 
 
 def exact(answer: httpx.Response, keys: list[str], status: int = 200, model=None) -> dict:

@@ -19,7 +19,7 @@ import pytest
 
 from mappers.region import CST
 from settlement.schemas import Clearing, Reconciliation, SettlementPublic
-from tests.support.openapi import check_every_answer, round_trips
+from tests.support.openapi import check_every_answer, error, round_trips
 from tests.support.platforms import platforms
 from tests.support.settlement import XIHU, body
 
@@ -35,10 +35,6 @@ def sims():
     running = platforms("simulator")
     yield running
     running.stop()
-
-
-def error(code: str, message: str) -> bytes:
-    return b'{"error":{"code":"%s","message":"%s"}}' % (code.encode(), message.encode())
 
 
 def settled(answer) -> bytes:

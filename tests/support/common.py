@@ -56,3 +56,18 @@ def serve_in_thread(app, port: int) -> _Server:
         time.sleep(0.02)
     server.thread = thread
     return server
+
+
+def empty_postgres(url: str) -> str:
+    """``url`` after dropping and re-creating its ``public`` schema (a PostgreSQL test or benchmark
+    database starts empty); returns ``url``."""
+    from sqlalchemy import text
+
+    from hub.db import make_engine
+
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url

@@ -83,3 +83,9 @@ def round_trips(model, answer: httpx.Response) -> None:
     """The documented ``model`` reads the answer and writes it back byte for byte (money at two
     places, fields in order, UTF-8): the model is the answer, not an approximation of it."""
     assert model.model_validate_json(answer.content).model_dump_json().encode() == answer.content
+
+
+def error(code: str, message: str) -> bytes:
+    """The exact bytes of the hub's error answer outside ``/fhir`` (hub-interface.md)."""
+    return json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False,
+                      separators=(",", ":")).encode()
