@@ -157,7 +157,7 @@ def test_reconcile_and_clearing(shub, sims):
         for bad in (b'{"date": "15/03/2024"}', b"[]", b"{}", b"not json"):
             answer = admin.post("/settlement/reconcile", content=bad)
             assert (answer.status_code, answer.content) == (422, error(
-                "INVALID_DATE", 'the body must be {\\"date\\": \\"YYYY-MM-DD\\"}'))
+                "INVALID_DATE", 'the body must be {"date": "YYYY-MM-DD"}'))
         month = today.strftime("%Y-%m")
         clearing = admin.get("/settlement/clearing", params={"month": month})
         assert (clearing.status_code, clearing.content) == (200, (
