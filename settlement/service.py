@@ -6,17 +6,8 @@ runner at a time (a lease on its row, renewed by every write); on start, and eve
 the service resumes every non-final settlement whose runner lease has lapsed (a crashed or
 killed hub).
 
-States (``settlement.state``); the caller sees ``STATUS_OF_STATE``::
-
-    received --1101, compute--> sending(msgid M) --2207 ok / DUPLICATE_SETL_ID--> settled
-       |  \\-- refusal (NOT_FILED, PERSON_NOT_FOUND, ...) --> refused       (final)
-       |   \\-- request breaks the rules (INSUPLC_MISMATCH) --> invalid     (final, 422)
-       \\-- deadline passed, nothing ever sent --> refused PLATFORM_UNAVAILABLE
-    sending --ACCUM_CONFLICT / INSUFFICIENT_BALANCE--> 1101, recompute, new msgid --> sending
-    sending --unknown outcome--> SH/JS/ZJ: resend M later (the platform deduplicates M)
-                                 AH: 5205(M) first: processed -> its answer; not -> new msgid
-    sending --deadline passed, outcome still unknown--> reversing --2601 every msgid--> reversed
-    settled --POST void--> voiding --2208--> voided
+States and transitions: ``settlement.states`` (the picture, and the table every state the driver
+writes is checked against).
 
 Exactly once rests on two facts of the contract: a platform commits a ``setl_id`` at most once
 for a *new* message (``DUPLICATE_SETL_ID`` otherwise, which the hub takes as committed), and only
@@ -30,7 +21,8 @@ waiter re-reads the totals. Where the lease lapses (another process, a slow plat
 platform's ``accum_version`` check (``ACCUM_CONFLICT``) still keeps the totals right.
 
     SettlementError
-    └── RunnerLost      another runner took this settlement over (its lease lapsed): stop driving
+    ├── RunnerLost          another runner took this settlement over (its lease lapsed): stop driving
+    └── IllegalTransition   a state written that settlement.states does not allow (a bug)
     hub.errors.HubError
     └── PlatformUnavailable   503 PLATFORM_UNAVAILABLE (a presettle or reconcile without answer)
 
@@ -68,6 +60,7 @@ from .models import Settlement, SettlementMsgid, SettlementPersonLease
 from .platform import PlatformClient, PlatformError, OutcomeUnknown, Refused, SPLIT_FIELDS, fmt_money, fmt_time, interpret
 from .reference import default_reference, province_of
 from .sqlite_loop import LoopConnection
+from .states import FINAL, INITIAL, OPEN, STATUS_OF_STATE, allowed
 from .rules import (PersonInfo, PersonInfoInvalid, Refusal, RequestInvalid, SettleRequest, compute_split,
                     select_coverage, validate_request)
 
@@ -77,14 +70,6 @@ T = Settlement.__table__
 LEASE = SettlementPersonLease.__table__
 MSGIDS = SettlementMsgid.__table__
 
-FINAL = frozenset({"settled", "refused", "invalid", "reversed", "voided"})
-STATUS_OF_STATE = {"received": "pending", "sending": "pending", "reversing": "pending", "voiding": "pending",
-                   "settled": "settled", "refused": "refused", "invalid": "refused", "reversed": "refused",
-                   "voided": "voided"}
-# The states a driver still has work in. Queries name them (IN) rather than exclude FINAL (NOT
-# IN): an IN is a few look-ups in ix_settlement_state, a NOT IN a scan of every settlement ever
-# made (the resume sweep runs every few seconds).
-OPEN = frozenset(STATUS_OF_STATE) - FINAL
 # Refusals after which the totals moved: re-read them (1101), recompute, send a new message.
 RECOMPUTE = frozenset({"ACCUM_CONFLICT", "INSUFFICIENT_BALANCE", "MSGID_REUSED", "MSG_REVERSED"})
 UNAVAILABLE = {"code": "PLATFORM_UNAVAILABLE",
@@ -97,6 +82,16 @@ class SettlementError(Exception):
 
 class RunnerLost(SettlementError):
     """Another runner took this settlement over (ours lapsed): stop driving it."""
+
+
+class IllegalTransition(SettlementError):
+    """A state write ``settlement.states.TRANSITIONS`` does not hold: a bug, refused unwritten."""
+
+
+def check_transition(setl_id: str, before: str, after: str) -> None:
+    """Raise IllegalTransition unless the table allows ``before -> after``."""
+    if not allowed(before, after):
+        raise IllegalTransition(f"settlement {setl_id}: {before} -> {after} is not a transition")
 
 
 class PlatformUnavailable(HubError):
@@ -567,6 +562,7 @@ class SettlementService:
         row = await self._row(setl_id)
         check_platform(party, row["mdtrtarea"])
         if row["state"] == "settled":
+            check_transition(row["setl_id"], "settled", "voiding")
             await self.store.run(self._op_request_void, row["setl_id"], self._msgid(row["fixmedins_code"]))
             row = await self._row(setl_id)
         elif row["state"] not in ("voiding", "voided"):
@@ -586,7 +582,7 @@ class SettlementService:
         now = utcnow()
         return {"setl_id": "YS" + uuid.uuid4().hex[:24].upper(), "fixmedins_code": request.fixmedins_code,
                 "request_key": request.request_key, "body_digest": digest(raw),
-                "body": orjson.dumps(raw).decode(), "state": "received", "mdtrtarea_admvs": hospital.admdvs,
+                "body": orjson.dumps(raw).decode(), "state": INITIAL, "mdtrtarea_admvs": hospital.admdvs,
                 "mdtrtarea": hospital.province, "insuplc_admdvs": request.insuplc_admdvs,
                 "insuplc": province_of(request.insuplc_admdvs), "insutype": request.insutype,
                 "mdtrt_id": request.mdtrt_id, "msgids": "[]", "attempts": 0, "conflicts": 0, "next_at": 0.0,
@@ -680,6 +676,8 @@ class SettlementService:
         return None
 
     async def _write(self, row: dict, values: dict, **kw: Any) -> dict:
+        if "state" in values:
+            check_transition(row["setl_id"], row["state"], values["state"])
         return await self.store.awrite(row, values, **kw)
 
     async def _finish(self, row: dict, state: str, **values: Any) -> tuple[dict, bool]:
