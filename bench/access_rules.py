@@ -23,7 +23,8 @@ from bench.zj_load import resident_id, upload  # noqa: E402
 from hub import access  # noqa: E402
 from hub.auth import create_token  # noqa: E402
 from hub.config import Settings  # noqa: E402
-from mappers.common import CST, RESIDENT_ID_SYSTEM  # noqa: E402
+from mappers.common import RESIDENT_ID_SYSTEM# noqa: E402
+from mappers.region import CST
 from tests.support.common import free_port, serve_in_thread  # noqa: E402
 
 HOSPITAL, OTHER = "H33042100015", "H33020300004"

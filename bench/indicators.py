@@ -35,7 +35,7 @@ from sqlmodel import SQLModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import hubproc  # noqa: E402
+from tests.support import hubproc  # noqa: E402
 from hub import indicators  # noqa: E402
 from hub.auth import create_token  # noqa: E402
 from hub.db import make_engine  # noqa: E402

@@ -18,7 +18,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import hubproc  # noqa: E402
+from tests.support import hubproc  # noqa: E402
 from bench.zj_load import resident_id  # noqa: E402
 from hub.auth import create_token  # noqa: E402
 from tests.support.common import FIXTURES, free_port  # noqa: E402

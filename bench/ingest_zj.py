@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import hubproc  # noqa: E402
+from tests.support import hubproc  # noqa: E402
 from bench.zj_load import HOSPITALS, resident_id, upload  # noqa: E402
 from hub.auth import create_token  # noqa: E402
 from hub.models import Resource  # noqa: E402

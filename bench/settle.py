@@ -1,7 +1,7 @@
 """Benchmark of the settlement path: settlements/s and the hub's own added latency.
 
     python -m bench.settle [--n 3000] [--callers 200] [--latency-ms 200] [--persons 800] [--rate R]
-                           [--warmup 2]
+                           [--warmup 2] [--processes 1] [--database-url URL]
 
 Starts the four simulated platforms (every call answered after ``--latency-ms``) seeded with
 ``--persons`` cloned insured persons (so per-person serialisation is not the bottleneck), and a
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import subprocess
 import sys
 import tempfile
@@ -35,63 +34,11 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from tests.support.bills import CASES, bill, make_persons, start_hub, tokens  # noqa: F401 (bench.lookups too)
+
 ROOT = Path(__file__).resolve().parent.parent
-# Template person (psn_no of fixtures/persons.json) -> (hospital, token province, insuplc_admdvs).
-CASES = {
-    "33000012345678": ("H31011800012", "SH", "330421"),  # ZJ, demonstration zone, at Qingpu
-    "34000040000001": ("H31010100001", "SH", "340104"),  # AH, resident filing for Shanghai
-    "32000030000002": ("H31011800012", "SH", "320509"),  # JS, demonstration zone, at Qingpu
-    "31000020000001": ("H33010600001", "ZJ", "310104"),  # SH, resident filing for Hangzhou
-}
-
-
-def make_persons(path: Path, per_case: int) -> list[dict]:
-    """Write ``per_case`` clones of each CASES person to ``path``; returns the clones, each
-    with its ``case`` (card_no is the certificate: type 03), the cases taking turns: bills of
-    the four insured provinces arrive mixed, as they would, not a province at a time."""
-    source = json.loads((ROOT / "fixtures" / "persons.json").read_text())
-    by_psn = {p["psn_no"]: p for p in source["persons"]}
-    persons = []
-    for i in range(per_case):
-        for template_no in CASES:
-            clone = {k: v for k, v in by_psn[template_no].items() if k != "note"}
-            clone.update(psn_no=f"{template_no[:6]}9{i:07d}", card_no=f"C{template_no[:2]}{i:07d}", evoucher=[])
-            clone["case"] = template_no
-            persons.append(clone)
-    path.write_text(json.dumps({"about": "bench clones", "persons": persons}, ensure_ascii=False))
-    return persons
-
-
-def bill(person: dict, key: str) -> tuple[str, dict]:
-    """(token province, settle body) of one outpatient bill of ``person``."""
-    hospital, province, insuplc = CASES[person["case"]]
-    return province, {
-        "request_key": key, "fixmedins_code": hospital, "mdtrt_id": f"MZ-{key}", "mdtrt_cert_type": "03",
-        "mdtrt_cert_no": person["card_no"], "insuplc_admdvs": insuplc, "insutype": "310",
-        "visit_type": "outpatient", "visit_time": "2024-03-15T09:30:00+08:00", "use_personal_account": True,
-        "lines": [{"med_list_codg": "XJ01CAA040A001", "cnt": "1", "pric": "18.60", "det_item_fee_sumamt": "18.60"}]}
-
-
-def start_hub(db_path: Path, sims_env: dict, port: int, extra_env: dict | None = None) -> subprocess.Popen:
-    """The hub as a subprocess on a SQLite file (``bench.hubproc``); waits for /healthz."""
-    from bench import hubproc
-
-    return hubproc.start(f"sqlite:///{db_path}", port, 0,
-                         {**sims_env, "YRDHUB_MAP_WORKERS": "0", **(extra_env or {})})
-
-
-def tokens(db_path: Path) -> dict[str, str]:
-    from hub.auth import create_token
-    from hub.db import make_engine
-
-    engine = make_engine(f"sqlite:///{db_path}")
-    out = {p: create_token(engine, "insurer", p) for p in ("SH", "JS", "ZJ", "AH")}
-    out["admin"] = create_token(engine, "admin", None)
-    engine.dispose()
-    return out
-
-
-async def feed(queue: asyncio.Queue, persons: list[dict], n: int, callers: int, rate: float | None) -> None:
+async def feed(queue: asyncio.Queue, persons: list[dict], n: int, callers: int, rate: float | None,
+               prefix: str = "B") -> None:
     """Bills into ``queue``: all at once (closed loop: each caller sends its next bill as soon as
     it has the answer to the last), or with ``rate`` one every 1/rate s (open loop: bills arrive
     at that rate, whatever the hub's speed, and wait for a free caller); then one stop per caller."""
@@ -99,22 +46,26 @@ async def feed(queue: asyncio.Queue, persons: list[dict], n: int, callers: int, 
     for i in range(n):
         if rate:
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-        queue.put_nowait((persons[i % len(persons)], f"B-{i}"))
+        queue.put_nowait((persons[i % len(persons)], f"{prefix}-{i}"))
     for _ in range(callers):
         queue.put_nowait(None)
 
 
-async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, latency: float,
-              pids: dict[str, int], rate: float | None = None, warmup: float = 2.0) -> None:
+async def run(url: str | list[str], toks: dict, persons: list[dict], n: int, callers: int,
+              latency: float, pids: dict[str, int], rate: float | None = None, warmup: float = 2.0,
+              prefix: str = "B") -> None:
+    """``url``: the hub, or several hubs on one database (callers take turns between them)."""
     queue: asyncio.Queue = asyncio.Queue()
     overheads, done_at, statuses, resent = [], [], {}, [0]
-    # One aiohttp session for all callers (a connection each): the load generator shares the
-    # two cores with the hub and the platforms, so it should cost as little CPU as it can (httpx
-    # cost it 0.9 ms per bill, this 0.4), and its own event-loop delays count as hub overhead.
-    session = aiohttp.ClientSession(base_url=url, connector=aiohttp.TCPConnector(limit=callers),
-                                    timeout=aiohttp.ClientTimeout(total=60))
+    urls = [url] if isinstance(url, str) else url
+    # One aiohttp session per hub for all its callers (a connection each): the load generator
+    # shares the two cores with the hub and the platforms, so it should cost as little CPU as it
+    # can (httpx cost it 0.9 ms per bill, this 0.4), and its own event-loop delays count as hub
+    # overhead.
+    sessions = [aiohttp.ClientSession(base_url=u, connector=aiohttp.TCPConnector(limit=callers),
+                                      timeout=aiohttp.ClientTimeout(total=60)) for u in urls]
 
-    async def caller(offset: float):
+    async def caller(offset: float, session: aiohttp.ClientSession):
         # Callers start spread over one round trip (2 platform calls), as independent hospitals
         # would: started together, every caller's bill would reach the hub in the same instant,
         # round after round, and the p99 would measure that artificial wave.
@@ -138,19 +89,23 @@ async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, l
             overheads.append((start - began, done_at[-1] - start - 2 * latency))
             status = orjson.loads(answer).get("status", status) if status < 500 else status
             statuses[status] = statuses.get(status, 0) + 1
-    await open_connections(session, callers)
+    for k, session in enumerate(sessions):
+        await open_connections(session, len(range(k, callers, len(sessions))))
     cpu0 = {name: cpu_split(pid) for name, pid in pids.items()}
     own0 = time.process_time()
     began = start = time.perf_counter()
     try:
         offsets = [0.0] * callers if rate else [i * 2 * latency / callers for i in range(callers)]
-        await asyncio.gather(feed(queue, persons, n, callers, rate), *(caller(offset) for offset in offsets))
+        await asyncio.gather(feed(queue, persons, n, callers, rate, prefix),
+                             *(caller(offset, sessions[k % len(sessions)])
+                               for k, offset in enumerate(offsets)))
     finally:
         elapsed = time.perf_counter() - start
         split = {name: [now - then for now, then in zip(cpu_split(pid), cpu0[name])] for name, pid in pids.items()}
         cpu = {name: user + system for name, (user, system) in split.items()}
         cpu["callers"] = time.process_time() - own0
-        await session.close()
+        for session in sessions:
+            await session.close()
     everything = sorted(o for _, o in overheads)
     steady = sorted(o for sent, o in overheads if sent >= warmup)
     pct = lambda q, xs=everything: xs[min(len(xs) - 1, int(q * len(xs)))] * 1000 if xs else float("nan")  # noqa: E731
@@ -160,8 +115,10 @@ async def run(url: str, toks: dict, persons: list[dict], n: int, callers: int, l
           f"of the bills sent after the first {warmup:g} s ({len(steady)}): p50 {pct(0.5, steady):.1f} ms, "
           f"p99 {pct(0.99, steady):.1f} ms; "
           f"statuses {statuses}" + (f"; {resent[0]} resent after a transport error" if resent[0] else ""))
+    hubs = [name for name in split if name.startswith("hub")]
     print("CPU per settlement: " + ", ".join(f"{name} {seconds / n * 1000:.2f} ms" for name, seconds in cpu.items())
-          + f" (hub: user {split['hub'][0] / n * 1000:.2f}, system {split['hub'][1] / n * 1000:.2f})")
+          + "".join(f" ({h}: user {split[h][0] / n * 1000:.2f}, system {split[h][1] / n * 1000:.2f})"
+                    for h in hubs))
 
 
 async def open_connections(session: aiohttp.ClientSession, n: int) -> None:
@@ -223,7 +180,7 @@ def start_sims(persons: Path, latency_ms: int, base_port: int | None = None) -> 
     from tests.support.common import free_port
 
     for _ in range(5):
-        proc = subprocess.Popen([sys.executable, "-m", "settlement.simulator", "--base-port",
+        proc = subprocess.Popen([sys.executable, "-m", "settlement.simulated", "--base-port",
                                  str(base_port or free_port()), "--persons", str(persons), "--latency-ms",
                                  str(latency_ms), "--keep-alive"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 text=True)
@@ -252,24 +209,78 @@ def main() -> None:
                              "percentiles (the hub's first connections to the platforms, cold caches)")
     parser.add_argument("--rate", type=float, default=None,
                         help="offer bills at this rate (open loop); default: as fast as the callers go")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="hub processes on the one database (callers take turns between them)")
+    parser.add_argument("--database-url", default=None,
+                        help="the hubs' database (e.g. PostgreSQL); default: a SQLite file in a "
+                             "temporary folder. Bills of this run carry keys of their own, so a "
+                             "database used before is fine")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        db = args.database_url or Path(tmp) / "hub.db"
         persons = make_persons(Path(tmp) / "persons.json", args.persons // len(CASES))
         sims, sims_env = start_sims(Path(tmp) / "persons.json", args.latency_ms)
         procs = [sims]
+        prefix = f"B{int(time.time())}"
         try:
-            port = free_port()
-            procs.insert(0, start_hub(Path(tmp) / "hub.db", sims_env, port))
-            toks = tokens(Path(tmp) / "hub.db")
-            asyncio.run(run(f"http://127.0.0.1:{port}", toks, persons, args.n, args.callers,
-                            args.latency_ms / 1000, {"hub": procs[0].pid, "platforms": sims.pid}, args.rate,
-                            args.warmup))
-            print(hub_side(f"http://127.0.0.1:{port}"))
+            ports = [free_port() for _ in range(args.processes)]
+            hubs = [start_hub(db, sims_env, port) for port in ports]
+            procs[:0] = hubs
+            toks = tokens(db)
+            pids = {f"hub{k + 1}" if len(hubs) > 1 else "hub": h.pid for k, h in enumerate(hubs)}
+            urls = [f"http://127.0.0.1:{port}" for port in ports]
+            asyncio.run(run(urls, toks, persons, args.n, args.callers, args.latency_ms / 1000,
+                            {**pids, "platforms": sims.pid}, args.rate, args.warmup, prefix))
+            for url in urls:
+                print(hub_side(url))
+            print(exactly_once(db, sims_env, prefix, args.n))
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.wait(10)
 
+
+HUB_CHECKS = {
+    "bills of this run recorded": "SELECT count(*) FROM settlement WHERE request_key LIKE :p",
+    "bills recorded more than once (hospital, key)":
+        "SELECT count(*) FROM (SELECT fixmedins_code, request_key FROM settlement WHERE "
+        "request_key LIKE :p GROUP BY fixmedins_code, request_key HAVING count(*) > 1) AS d",
+    "settled": "SELECT count(*) FROM settlement WHERE request_key LIKE :p AND state = 'settled'",
+    "not final": "SELECT count(*) FROM settlement WHERE request_key LIKE :p AND state IN "
+                 "('received', 'sending', 'reversing', 'voiding')",
+}
+
+
+def exactly_once(db: Path | str, sims_env: dict, prefix: str, n: int) -> str:
+    """After the run: what the hub recorded (the queries are printed with their answers) and
+    what the platforms committed: a settlement (2207) committed twice for one setl_id on a
+    platform, or settled at the hub and absent from the platform, would be a double or a lost
+    settlement."""
+    import httpx
+    from sqlalchemy import text
+
+    from hub.db import make_engine
+
+    engine = make_engine(db if isinstance(db, str) else f"sqlite:///{db}")
+    lines = []
+    with engine.connect() as conn:
+        for name, sql in HUB_CHECKS.items():
+            found = conn.execute(text(sql), {"p": f"{prefix}-%"}).scalar_one()
+            lines.append(f"  {name}: {found}    [{sql}]")
+        settled = {r[0] for r in conn.execute(text(
+            "SELECT setl_id FROM settlement WHERE request_key LIKE :p AND state = 'settled'"),
+            {"p": f"{prefix}-%"})}
+    engine.dispose()
+    commits: dict[str, int] = {}
+    for url in sims_env.values():
+        for entry in httpx.get(f"{url.rstrip('/')}/_sim/ledger", timeout=30).json():
+            if entry.get("infno") == "2207" and entry.get("setl_id") in settled:
+                commits[entry["setl_id"]] = commits.get(entry["setl_id"], 0) + 1
+    twice = sum(1 for c in commits.values() if c > 1)
+    missing = len(settled - set(commits))
+    lines.append(f"  platforms: 2207 committed twice for one setl_id: {twice}; settled at the hub "
+                 f"but not on its platform: {missing} (GET /_sim/ledger of each)")
+    return f"exactly once ({n} bills sent, keys {prefix}-*):\n" + "\n".join(lines)
 
 if __name__ == "__main__":
     main()

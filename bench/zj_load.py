@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 
-from mappers.common import check_character
+from mappers.region import check_character
 
 HOSPITALS = ["H33042100015", "H33020300004", "H33010600001"]
 

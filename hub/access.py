@@ -26,11 +26,11 @@ The rules (world/README.md, "What may be shared, and with whom"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass
 from datetime import datetime, timedelta, timezone
 
 import orjson
-from sqlalchemy import and_, bindparam, exists, false, literal, not_, or_, select
+from sqlalchemy import bindparam, exists, false, literal, or_, select
 from sqlalchemy.engine import Connection
 
 from hub import audit, masking, queries, sensitivity
@@ -40,7 +40,8 @@ from hub.models import Correction, Resource, Sharing
 from hub.search import utc_text
 from hub.sensitivity import CATEGORIES
 from hub.sharing import SharingChoices
-from mappers.common import SHARED_TYPES, province_of
+from mappers.common import SHARED_TYPES
+from mappers.region import province_of
 
 R = Resource.__table__
 C = Correction.__table__
@@ -77,15 +78,23 @@ class Decision:
     # consent filter, e.g. an admin) ...
     choices: SharingChoices | None = None
     province: str | None = None
-    # ... and, for a search across patients, which patients (SQL).
-    scope: list = field(default_factory=list)
+    # ... and, for a search across patients, which patients: those this hospital treats at
+    # this time (``treated_patients``).
+    scope: tuple[str, datetime] | None = None
 
     @property
-    def extra(self) -> list:
-        """The same as SQL conditions on ``resource`` (built only when a query needs them)."""
+    def filter(self) -> queries.Filter:
+        """The same as SQL conditions on ``resource``, built once per shape (``queries``)."""
         if self.choices is not None:
-            return consent_conditions(self.choices, self.province)
-        return list(self.scope)
+            choices, province = self.choices, self.province
+            return queries.Filter(("consent", *astuple(choices), province),
+                                  lambda: consent_conditions(choices, province))
+        if self.scope is not None:
+            hospital, now = self.scope
+            return queries.Filter(("scope",), _scope_conditions, {
+                "scope_hospital": hospital, "scope_cutoff": treating_cutoff(now),
+                "scope_now": utc_text(now)})
+        return queries.NO_FILTER
 
     def shows(self, row) -> bool:
         province = row.province
@@ -104,16 +113,37 @@ def treating_cutoff(now: datetime) -> str:
     return utc_text(now - TREATING_WINDOW)
 
 
-def _treating(hospital, cutoff, now) -> tuple:
+def _treating(hospital, cutoff, now, one_patient: bool = False) -> tuple:
     """The treating rule in SQL, once: an encounter of ``hospital`` that started between
-    ``cutoff`` and ``now`` (values, or bind parameters for a statement built once)."""
-    return (R.c.res_type == "Encounter", R.c.hospital == hospital, R.c.deleted.is_(False),
+    ``cutoff`` and ``now`` (values, or bind parameters for a statement built once).
+
+    ``one_patient``: the rule for one patient, read from that patient's encounters
+    (``ix_resource_patient_type_sort``). There the hospital is compared as ``hospital || ''``,
+    which no index serves: otherwise SQLite reads the hospital's encounters of the window
+    instead (``ix_resource_type_hospital_sort``, as many as the hospital has visits in a
+    month) for what the patient's few encounters answer."""
+    at = R.c.hospital.concat("") if one_patient else R.c.hospital
+    return (R.c.res_type == "Encounter", at == hospital, R.c.deleted.is_(False),
             R.c.sort_date >= cutoff, R.c.sort_date <= now)
 
 
-def treated_patients(hospital: str, now: datetime):
-    """SQL: the patients ``hospital`` has an encounter with that started in the window."""
-    return select(R.c.patient_id).where(*_treating(hospital, treating_cutoff(now), utc_text(now)))
+def treated_patients(hospital, cutoff, now):
+    """SQL: the patients ``hospital`` has an encounter with that started in the window (an
+    index read of the hospital's encounters in the window, ``ix_resource_type_hospital_sort``,
+    not of all its encounters)."""
+    return select(R.c.patient_id).where(*_treating(hospital, cutoff, now))
+
+
+def _scope_conditions() -> list:
+    return [R.c.patient_id.in_(treated_patients(
+        bindparam("scope_hospital"), bindparam("scope_cutoff"), bindparam("scope_now")))]
+
+
+def treating_exists(hospital, patient_id, now: datetime):
+    """SQL: is ``hospital`` treating ``patient_id`` at ``now`` (values or columns: the same rule
+    as ``decide``, for one statement over many pairs, e.g. every active Subscription)."""
+    return exists(select(R.c.patient_id).where(
+        *_treating(hospital, treating_cutoff(now), utc_text(now)), R.c.patient_id == patient_id))
 
 
 def _facts_statement():
@@ -121,7 +151,7 @@ def _facts_statement():
     statement per read cost more than running it)."""
     S = Sharing.__table__
     treating = exists(select(R.c.patient_id).where(
-        *_treating(bindparam("hospital"), bindparam("cutoff"), bindparam("now")),
+        *_treating(bindparam("hospital"), bindparam("cutoff"), bindparam("now"), True),
         R.c.patient_id == bindparam("pid")))
     return (select(treating.label("treating"), S.c.cross_province, S.c.mental, S.c.hiv, S.c.sti)
             .select_from(select(literal(1).label("one")).subquery())
@@ -177,7 +207,7 @@ def decide(conn: Connection, caller: Caller, patient_id: str | None,
         return Decision(False, f"a {party.kind} may not read clinical records")
     province = province_of(party.code)
     if patient_id is None:
-        return Decision(True, scope=[R.c.patient_id.in_(treated_patients(party.code, now))])
+        return Decision(True, scope=(party.code, now))
     treating, choices = facts(conn, party.code, patient_id, now)
     if not (treating or caller.emergency_reason):
         return Decision(False, "no encounter with this patient in the last 30 days; "
@@ -225,12 +255,11 @@ def _refuse(engine, caller: Caller, patient_id, what: str, decision: Decision):
     raise Forbidden(decision.reason)
 
 
-def _hidden(conn: Connection, patient_id: str, extra: list) -> frozenset:
+def _hidden(conn: Connection, patient_id: str, decision: Decision) -> frozenset:
     """Ids of the patient's resources the caller may not see (to cut references to them)."""
-    if not extra:
+    if decision.choices is None or not consent_conditions(decision.choices, decision.province):
         return frozenset()
-    rows = conn.execute(select(R.c.res_type, R.c.res_id).where(
-        R.c.patient_id == patient_id, R.c.deleted.is_(False), not_(and_(*extra)))).all()
+    rows = queries.hidden_ids(conn, patient_id, decision.filter)
     return frozenset(f"{t}/{i}" for t, i in rows)
 
 
@@ -321,7 +350,7 @@ def _audit_one(engine, caller: Caller, row, what: str, detail: str | None = None
 
 
 def _hidden_of(conn: Connection, row, decision: Decision) -> frozenset:
-    return _hidden(conn, row.patient_id, decision.extra) if row.patient_id else frozenset()
+    return _hidden(conn, row.patient_id, decision) if row.patient_id else frozenset()
 
 
 def search(conn: Connection, engine, caller: Caller, res_type: str,
@@ -333,38 +362,54 @@ def search(conn: Connection, engine, caller: Caller, res_type: str,
     what = f"search {res_type}"
     if res_type == "AuditEvent":
         return _search_audit(conn, engine, caller, params, count, offset, sort)
-    pinned = _pinned_patient(conn, res_type, params)
+    pinned, found = _pinned_patient(conn, res_type, params)
     if res_type in SHARED_TYPES and caller.party.kind in ("hospital", "admin"):
         # hospitals and practitioners are nobody's personal data
-        page = queries.search_page(conn, res_type, params, count, offset, [], sort, with_total)
+        page = queries.search_page(conn, res_type, params, count, offset, queries.NO_FILTER,
+                                   sort, with_total)
         return Answer(page.rows, page.total, False, caller, masked=False, more=page.more)
     decision = decide(conn, caller, pinned)
     if not decision.allowed:
         _refuse(engine, caller, pinned, what, decision)
-    page = queries.search_page(conn, res_type, params, count, offset, decision.extra, sort,
-                               with_total)
-    withheld = pinned is not None and queries.count_withheld(
-        conn, res_type, params, decision.extra) > 0
+    if found is not None:  # the search itself, already run: its one match
+        page = _page_of_one(found, decision, count, offset, with_total)
+    else:
+        page = queries.search_page(conn, res_type, params, count, offset, decision.filter, sort,
+                                   with_total, withheld=pinned is not None)
     patients = sorted({r.patient_id for r in page.rows if r.patient_id} | ({pinned} - {None}))
     _audit(engine, caller, patients, what, "allowed")
-    hidden = _hidden(conn, pinned, decision.extra) if pinned else frozenset()
-    return Answer(page.rows, page.total, withheld, caller, hidden, decision.masked, page.more,
-                  _disputed(conn, page.rows))
+    # only the types that reference others need to know what is hidden (``_cut_hidden``)
+    cuts = pinned and res_type in _REFERENCE_LISTS
+    hidden = _hidden(conn, pinned, decision) if cuts else frozenset()
+    return Answer(page.rows, page.total, page.withheld > 0, caller, hidden, decision.masked,
+                  page.more, _disputed(conn, page.rows))
 
 
-def _pinned_patient(conn: Connection, res_type: str, params) -> str | None:
+def _pinned_patient(conn: Connection, res_type: str, params) -> tuple[str | None, object]:
     """The one patient a search is about, if it names exactly one (``patient``, or ``_id`` /
-    ``identifier`` on Patient resolving to one)."""
+    ``identifier`` on Patient resolving to one); and, when finding it ran the search itself
+    (``identifier``), its one match (the Patient row), else None."""
     values = [v for n, v in params if n == "patient"]
     if res_type == "Patient":
         values += [v for n, v in params if n == "_id"]
     if len(values) == 1 and "," not in values[0]:
-        return values[0].split("/")[-1]
+        return values[0].split("/")[-1], None
     if res_type == "Patient" and any(n == "identifier" for n, _ in params):
-        page = queries.search_page(conn, "Patient", params, 2, 0, [])
-        if page.total == 1:
-            return page.rows[0].res_id
-    return None
+        page = queries.search_page(conn, "Patient", params, 1, 0, with_total=False)
+        if len(page.rows) == 1 and not page.more:  # one query, no count
+            return page.rows[0].res_id, page.rows[0]
+    return None, None
+
+
+def _page_of_one(row, decision: Decision, count: int, offset: int,
+                 with_total: bool) -> queries.Page:
+    """The page of a search whose only match is ``row`` (found with every criterion, before
+    the caller's rules): shown or withheld by ``decision``, then paged like any answer. A
+    lookup by identifier reads the Patient once, not three times (find, count, page)."""
+    shown = decision.shows(row)
+    rows = [row] if shown and count and offset == 0 else []
+    return queries.Page(int(shown) if with_total or not count else None, rows, False,
+                        int(not shown))
 
 
 def everything(conn: Connection, engine, caller: Caller, patient_id: str) -> Answer:
@@ -389,9 +434,12 @@ def _disputed(conn: Connection, rows: list) -> frozenset:
     patients = sorted({r.patient_id for r in rows if r.patient_id})
     if not patients:
         return frozenset()
-    found = conn.execute(select(C.c.res_type, C.c.res_id).where(
-        C.c.patient_id.in_(patients), C.c.status == "open")).all()
+    found = conn.execute(_OPEN_CORRECTIONS, {"pids": patients}).all()
     return frozenset(f"{t}/{i}" for t, i in found)
+
+
+_OPEN_CORRECTIONS = select(C.c.res_type, C.c.res_id).where(
+    C.c.patient_id.in_(bindparam("pids", expanding=True)), C.c.status == "open")
 
 
 def _partition(decision: Decision, rows: list) -> tuple[list, frozenset]:

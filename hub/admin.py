@@ -18,7 +18,7 @@ from hub import api_models, hl7_ingest, ingest
 from hub.auth import Party, bearer_party, require_admin
 from hub.errors import BadRequest, NotFound
 from hub.models import Upload
-from mappers.common import ForeignSender, UnreadableUpload
+from mappers.errors import ForeignSender, UnreadableUpload
 
 router = APIRouter(prefix="/admin")
 REMAP_MODULES = {**ingest.CHANNELS, "sh": hl7_ingest.CHANNEL}

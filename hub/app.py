@@ -16,12 +16,13 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import JSONResponse, Response
 
 from hub import (admin, admin_pages, api_models, audit, auth, compression, corrections, errors,
-                 fhir_api, hl7_ingest, ingest, metrics, portal)
+                 fhir_api, hl7_ingest, ingest, metrics, notify, portal, subscriptions, writer)
 from settlement import api as settlement_api
 from settlement import schemas as settlement_schemas
 from settlement.platform import PlatformClient
 from settlement.transfer import start_transfers
-from hub.config import PROVINCES, Settings, get_settings
+from hub.config import Settings, get_settings
+from mappers.region import PROVINCES
 from hub.db import get_engine
 from hub.migrate import upgrade
 from hub.portal.guard import SignInGuard
@@ -51,16 +52,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sign_in_guard = SignInGuard(engine)
     errors.install(app)
+    app.include_router(subscriptions.router)  # before /fhir/{res_type}, which would take it
     app.include_router(fhir_api.router)
     app.include_router(hl7_ingest.router)
     app.include_router(ingest.router)
     app.include_router(settlement_api.router)
     app.include_router(admin.router)
+    app.include_router(subscriptions.admin_router)
     app.include_router(admin_pages.router)
     app.include_router(corrections.router)
     app.include_router(portal.router)
+    # Stopped in this order: the writer last, once nothing hands it work any more.
     app.state.starters = [ingest.start_map_pool, start_platform, hl7_ingest.start_mllp,
-                          settlement_api.start, start_transfers, start_loop_watch, warm_up]
+                          settlement_api.start, start_transfers, start_loop_watch, warm_up,
+                          notify.start, writer.start]
     _install_operating(app)
     return app
 

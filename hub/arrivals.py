@@ -18,7 +18,8 @@ from typing import Any, Iterable
 from sqlalchemy import insert
 
 from hub.models import RecordArrival
-from mappers.common import CST, Record, Rejection, province_of
+from mappers.common import Record, Rejection
+from mappers.region import CST, province_of
 
 
 def month_of(when: datetime) -> str:

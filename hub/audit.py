@@ -132,6 +132,15 @@ def flush(engine: Engine) -> None:
         w.flush()
 
 
+def flush_all() -> None:
+    """``flush`` for every engine of this process (a test wiping a database first commits what
+    earlier requests recorded, so none of it lands after the wipe)."""
+    with _writers_lock:
+        writers = list(_writers.values())
+    for w in writers:
+        w.flush()
+
+
 def as_fhir(row, hospital_names: dict[str, str]) -> dict:
     """One audit row as a FHIR R4 AuditEvent (BALP-shaped)."""
     interaction = row.what.split(" ", 1)[0]

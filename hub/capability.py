@@ -18,7 +18,7 @@ HANDLING = ("An unknown or unsupported parameter is refused with 400 (also under
 
 
 def statement(base: str) -> dict:
-    resources = [_resource(t) for t in search.PARAMS] + [_audit()]
+    resources = [_resource(t) for t in search.PARAMS] + [_audit(), _subscription()]
     return {
         "resourceType": "CapabilityStatement", "status": "active", "date": "2026-11-25",
         "kind": "instance", "fhirVersion": "4.0.1", "format": ["application/fhir+json"],
@@ -51,6 +51,19 @@ def _audit() -> dict:
                                                    "oldest first with _sort=date",
             "interaction": [{"code": "search-type"}],
             "searchParam": _params(search.params_of("AuditEvent"))}
+
+
+def _subscription() -> dict:
+    """rest-hook Subscriptions (hub-interface.md, "Hospitals: notifications"): a hospital's own
+    only, while it treats the patient; the list takes no parameter at all."""
+    return {"type": "Subscription",
+            "documentation": "rest-hook only, criteria <type>?patient=<id> for a type of this "
+                             "statement, endpoints registered for the hospital; a hospital sees "
+                             "and ends only its own. GET /fhir/Subscription takes no parameter "
+                             "(the result parameters above do not apply to it).",
+            "interaction": [{"code": code} for code in ("create", "read", "delete", "search-type")],
+            "versioning": "no-version", "readHistory": False, "updateCreate": False,
+            "searchParam": []}
 
 
 def _params(params) -> list[dict]:

@@ -18,7 +18,8 @@ import signal
 import sys
 from pathlib import Path
 
-from hub.config import PROVINCES, Settings, get_settings
+from hub.config import Settings, get_settings
+from mappers.region import PROVINCES
 
 
 def _serve(settings: Settings, host: str, port: int) -> None:

@@ -12,7 +12,8 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROVINCES = ("SH", "JS", "ZJ", "AH")
+from mappers.region import PROVINCES
+
 
 
 class Settings(BaseSettings):
@@ -50,11 +51,40 @@ class Settings(BaseSettings):
     settlement_max_conflicts: int | None = None
     # The working-day calendar for transfer deadlines; unset: settlement/data/calendar.json.
     transfer_calendar: str | None = None
+    # Notification endpoints per hospital (hub-interface.md, "Hospitals: notifications"):
+    # "H31010100001=https://his.example/hook,..."; unset: no hospital may subscribe.
+    hook_endpoints: str | None = None
+    # Delivery of notifications (hub.notify): seconds a call may take in all, parallel calls per
+    # endpoint, the retry pauses (growing from ``initial`` to ``max``, with jitter), how long a
+    # notification is retried before its Subscription is ``error``, how often the outbox is
+    # polled (an upload in this process wakes it at once) and lapsed subscriptions swept.
+    hook_timeout: float = Field(default=10.0, gt=0)
+    hook_concurrency: int = Field(default=4, ge=1)
+    hook_retry_initial: float = Field(default=2.0, gt=0)
+    hook_retry_max: float = Field(default=900.0, gt=0)
+    hook_give_up: float = Field(default=24 * 3600.0, gt=0)
+    hook_poll: float = Field(default=1.0, gt=0)
+    hook_sweep: float = Field(default=300.0, gt=0)
 
     def insurer_urls(self) -> dict[str, str]:
         """Base URL per province, only for the provinces that are configured."""
         urls = {p: getattr(self, f"insurer_{p.lower()}_url") for p in PROVINCES}
         return {p: u.rstrip("/") for p, u in urls.items() if u}
+
+    def hook_endpoint_map(self) -> dict[str, str]:
+        """Parsed ``YRDHUB_HOOK_ENDPOINTS``: URL -> the one hospital it is registered for;
+        raises ValueError naming the bad entry (no ``=``, or a URL named twice)."""
+        owners: dict[str, str] = {}
+        for item in (self.hook_endpoints or "").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            hospital, _, url = (part.strip() for part in item.partition("="))
+            if not hospital or not url:
+                raise ValueError(f"YRDHUB_HOOK_ENDPOINTS entry {item!r} is not HOSPITAL=URL")
+            if owners.setdefault(url, hospital) != hospital:
+                raise ValueError(f"YRDHUB_HOOK_ENDPOINTS names {url} for two hospitals")
+        return owners
 
     def mllp_sender_rules(self) -> list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]]:
         """Parsed ``YRDHUB_MLLP_SENDERS``; raises ValueError naming the bad entry."""

@@ -44,7 +44,7 @@ from hub.db import writer
 from hub.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from hub.models import Correction, Resource
 from hub.portal.accesslog import organisation
-from mappers.common import CST
+from mappers.region import CST
 from settlement.transfer import WorkCalendar, add_working_days, is_overdue, load_calendar, local_iso
 
 C = Correction.__table__

@@ -31,6 +31,11 @@ def make_engine(url: str) -> Engine:
         kwargs: dict = {"connect_args": {"check_same_thread": False, "timeout": 30}}
         if url in ("sqlite://", "sqlite:///:memory:"):
             kwargs["poolclass"] = StaticPool
+        else:
+            # as many kept connections as requests run at once (the thread pool's 40): with the
+            # default 5, eight concurrent lookups opened and closed a connection (and ran the
+            # pragmas) per request beyond the fifth
+            kwargs.update(pool_size=40, max_overflow=10)
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own BEGIN is deferred; writers (``writer(engine)``) take the write lock at

@@ -1,9 +1,10 @@
 """Shanghai's HL7 v2 over HTTP (``POST /ingest/sh``) and MLLP: map, store, acknowledge.
 
-An ACK is built only after the message's transaction committed: ``AA`` means stored, ``AE``
-means kept for a person (archived, set aside with its errors, any good reports stored), ``AR``
-means not HL7 (archived). A repeated MSH-10 from the same sender gets the first answer again and
-changes nothing (the control id is written in the same transaction as the records).
+An ACK is sent only after the message's transaction committed (``hub.writer``): ``AA`` means
+stored, ``AE`` means kept for a person (archived, set aside with its errors, any good reports
+stored), ``AR`` means not HL7 (archived). A repeated MSH-10 from the same sender gets the first
+answer again and changes nothing (the control id is written in the same transaction as the
+records).
 
 Over MLLP the sender is known by where it connects from (``YRDHUB_MLLP_SENDERS``); unset, any
 hospital may send from loopback only.
@@ -19,12 +20,10 @@ import structlog
 from fastapi import APIRouter, Depends, Request
 import orjson
 from sqlalchemy import bindparam, insert, select, update
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hub import api_models, arrivals, ingest, metrics, store
+from hub import api_models, arrivals, ingest, metrics, store, writer
 from hub.auth import Party, bearer_party, require_hospital
-from hub.db import write_retrying
 from hub.errors import BadRequest
 from hub.models import MessageControl, Upload
 from mappers import er7, hl7_ack
@@ -34,16 +33,6 @@ log = structlog.get_logger("hub.hl7")
 router = APIRouter()
 ER7 = "x-application/hl7-v2+er7"
 CHANNEL = ingest.Channel("sh", "mappers.shanghai_hl7v2")
-
-
-def store_messages(engine, sender: str, items: list[tuple[bytes, sh.MessageResult]],
-                   content_type: str | None) -> list[bytes]:
-    """Archive, store and remember messages in one transaction; their ACKs, in order.
-
-    All or nothing: if the transaction fails no ACK is sent, the sender resends, and what a
-    repeat finds already stored answers as it did the first time.
-    """
-    return write_retrying(engine, lambda conn: _store_all(conn, sender, items, content_type))
 
 
 def _controlled(mapped: sh.MessageResult) -> str | None:
@@ -116,57 +105,29 @@ def _finish(conn, sender: str, fresh, upload_ids, put) -> dict[int, bytes]:
 
 async def handle_message(app, sender: str, message: bytes, content_type: str | None = ER7
                          ) -> bytes:
-    """Map (in a worker) and store one message; the ACK bytes to answer (only once stored)."""
+    """Map (in a worker) and store one message; the ACK bytes to answer (only once committed:
+    the writer batches it with whatever else is being stored)."""
     mapped = await ingest.off_loop(app, sh.map_message, message, sender)
-    return await _group_commit(app).store(sender, message, mapped, content_type)
+    acks = await writer.of(app).run(storing(sender, [(message, mapped)], content_type))
+    return acks[0]
 
 
-class GroupCommit:
-    """Messages arriving at once on several MLLP connections share one transaction.
-
-    Each waits for the commit that holds it; its ACK is built only then. A failed transaction
-    fails every message in it (no ACK: their senders resend). A transaction costs far more than
-    the rows in it, so under load this multiplies throughput; alone, a message waits for nobody.
-    """
-
-    def __init__(self, engine):
-        self.engine = engine
-        self.queue: list[tuple] = []
-        self.running = False
-
-    async def store(self, sender, message, mapped, content_type) -> bytes:
-        future = asyncio.get_running_loop().create_future()
-        self.queue.append((sender, message, mapped, content_type, future))
-        if not self.running:
-            self.running = True
-            asyncio.get_running_loop().create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        try:
-            while self.queue:
-                batch, self.queue = self.queue, []
-                for sender in dict.fromkeys(item[0] for item in batch):
-                    await self._commit([item for item in batch if item[0] == sender])
-        finally:
-            self.running = False
-
-    async def _commit(self, items) -> None:
-        try:
-            acks = await run_in_threadpool(store_messages, self.engine, items[0][0],
-                                           [(m, r) for _, m, r, _, _ in items], items[0][3])
-        except Exception as exc:  # every waiter learns it was not stored
-            for *_, future in items:
-                future.set_exception(exc)
-            return
-        for (*_, future), ack in zip(items, acks):
-            future.set_result(ack)
+def storing(sender: str, items: list[tuple[bytes, sh.MessageResult]], content_type: str | None
+            ) -> writer.Batchable:
+    """The writer's work for one body's messages (all or nothing): their ACKs, in order.
+    Bodies of one sender queued together are stored by one ``_store_all``."""
+    keys = frozenset(f"sh:{r.hospital}|{r.key}" for _, m in items for r in m.result.records)
+    return writer.Batchable(("sh", sender, content_type), keys, items,
+                            lambda conn, bodies: _store_bodies(conn, sender, bodies, content_type))
 
 
-def _group_commit(app) -> GroupCommit:
-    if getattr(app.state, "group_commit", None) is None:
-        app.state.group_commit = GroupCommit(app.state.engine)
-    return app.state.group_commit
+def _store_bodies(conn, sender: str, bodies: list[list], content_type) -> list[list[bytes]]:
+    acks = _store_all(conn, sender, [item for body in bodies for item in body], content_type)
+    answers, start = [], 0
+    for body in bodies:
+        answers.append(acks[start:start + len(body)])
+        start += len(body)
+    return answers
 
 
 @router.post("/ingest/sh", response_class=Response, openapi_extra={"requestBody": {
@@ -184,9 +145,8 @@ async def ingest_sh(request: Request, party: Party = Depends(bearer_party)) -> R
         raise BadRequest("empty body: no HL7 message")
     mapped = await asyncio.gather(*(ingest.off_loop(request.app, sh.map_message, m, sender)
                                     for m in messages))
-    acks = await run_in_threadpool(store_messages, request.app.state.engine, sender,
-                                   list(zip(messages, mapped)),
-                                   request.headers.get("content-type"))
+    acks = await writer.of(request.app).run(storing(sender, list(zip(messages, mapped)),
+                                                    request.headers.get("content-type")))
     return Response(b"".join(acks), 200, media_type=ER7)
 
 

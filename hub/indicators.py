@@ -41,11 +41,10 @@ from sqlalchemy.pool import StaticPool
 
 from hub.errors import Unprocessable
 from hub.models import AuditRecord, Correction, RecordArrival
-from mappers.common import CST, province_of
+from mappers.region import CST, PROVINCES, province_of
 from settlement.models import Settlement
 from settlement.transfer_models import Transfer, TransferStep
 
-PROVINCES = ("SH", "JS", "ZJ", "AH")
 TOP_REASONS = 5
 REFUSED_STATES = ("refused", "invalid", "reversed")  # settlement.states.STATUS_OF_STATE
 SETTLEMENT_STATES = ("settled", "voided", *REFUSED_STATES)

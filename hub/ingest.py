@@ -19,19 +19,20 @@ from datetime import datetime, timezone
 import orjson
 import structlog
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import insert, update
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hub import api_models, arrivals, metrics, store
+from hub import api_models, arrivals, metrics, store, writer
 from hub.auth import Party, bearer_party, require_hospital
-from hub.db import write_retrying, writer
+from hub.db import write_retrying
 from hub.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from hub.models import Upload
 from hub.workers import start_pool
 from mappers.anhui_csv import ArchiveTooLarge
-from mappers.common import ForeignSender, MapResult, UnreadableUpload
+from mappers.common import MapResult
+from mappers.errors import ForeignSender, UnreadableUpload
 
 log = structlog.get_logger("hub.ingest")
 router = APIRouter()
@@ -104,43 +105,98 @@ def set_summary(conn, upload_id: int, summary: dict) -> None:
 def store_mapped(engine: Engine, channel: str, sender: str, body: bytes, result: MapResult,
                  content_type: str | None, filename: str | None = None,
                  rerun_of: int | None = None) -> Outcome:
-    """Archive ``body`` and store ``result`` in one transaction; retried on a write conflict
-    (two uploads creating the same patient at once), which the second attempt then sees."""
-    def work(conn) -> Outcome:
-        now = datetime.now(timezone.utc)
-        upload_id = archive(conn, channel, sender, body, content_type, filename, rerun_of, now)
-        put = store.put_records(conn, channel, result.records, upload_id)
-        rejected = result.rejected + put.rejected
-        outcome = Outcome(upload_id, put.stored, put.unchanged, [r.as_dict() for r in rejected],
-                          list(result.notes))
-        set_summary(conn, upload_id, outcome.summary())
-        if rerun_of is None:  # a re-run is nothing the hospital sent
-            arrivals.write(conn, arrivals.of_upload(upload_id, sender, now, channel,
-                                                    result.records, put, rejected))
-        return outcome
-
-    return write_retrying(engine, work)
+    """Archive ``body`` and store ``result`` in one transaction of its own (an admin's re-run);
+    retried on a write conflict (two uploads creating the same patient at once), which the
+    second attempt then sees. Requests go through the writer instead (``storing``)."""
+    upload = Pending(body, result, content_type, filename, rerun_of)
+    return write_retrying(engine, lambda conn: store_uploads(conn, channel, sender, [upload])[0])
 
 
-def set_aside(engine: Engine, channel: str, sender: str, body: bytes, content_type: str | None,
-              reason: str, filename: str | None = None) -> int:
-    """Archive an upload that could not be read at all, with its reason."""
-    with writer(engine).begin() as conn:
+@dataclass(frozen=True)
+class Pending:
+    """An upload mapped and waiting for the writer."""
+
+    body: bytes
+    result: MapResult
+    content_type: str | None
+    filename: str | None = None
+    rerun_of: int | None = None
+
+
+def storing(channel: str, sender: str, body: bytes, result: MapResult, content_type: str | None,
+            filename: str | None = None) -> writer.Batchable:
+    """The writer's work for one upload. Uploads of one sender and channel queued together are
+    stored by one ``store_uploads``, except those whose records count rows (Anhui): their
+    answers come from ``put_records``'s totals, which are not split by upload."""
+    keys = frozenset(record_key(channel, r) for r in result.records)
+    counts_rows = any(r.row_digests for r in result.records)
+    kind = ("upload", channel, sender) if not counts_rows else object()
+    return writer.Batchable(kind, keys, Pending(body, result, content_type, filename),
+                            lambda conn, uploads: store_uploads(conn, channel, sender, uploads))
+
+
+def record_key(channel: str, record) -> str:
+    return f"{channel}:{record.hospital}|{record.key}"
+
+
+def store_uploads(conn, channel: str, sender: str, uploads: list[Pending]) -> list[Outcome]:
+    """Archive the uploads and store their records in ``conn``'s transaction (one
+    ``put_records`` for all); one Outcome each, as each would get stored alone in this order
+    (the writer never puts two carrying the same record key in one call)."""
+    now = datetime.now(timezone.utc)
+    rows = [upload_row(channel, sender, u.body, u.content_type, now, u.filename, u.rerun_of)
+            for u in uploads]
+    ids = list(conn.execute(insert(Upload).returning(Upload.id, sort_by_parameter_order=True),
+                            rows).scalars())
+    records = [r for u in uploads for r in u.result.records]
+    origins = [i for u, i in zip(uploads, ids) for _ in u.result.records]
+    put = store.put_records(conn, channel, records, ids[-1], origins)
+    outcomes, arrived = [], []
+    for upload, upload_id in zip(uploads, ids):
+        stored, unchanged, rejected = _counts(channel, upload, put, alone=len(uploads) == 1)
+        rejected = upload.result.rejected + rejected
+        outcomes.append(Outcome(upload_id, stored, unchanged, [r.as_dict() for r in rejected],
+                                list(upload.result.notes)))
+        if upload.rerun_of is None:  # a re-run is nothing the hospital sent
+            arrived += arrivals.of_upload(upload_id, sender, now, channel,
+                                          upload.result.records, put, rejected)
+    conn.execute(update(Upload).where(Upload.id == bindparam("w_id")),
+                 [{"w_id": o.upload_id, "summary": orjson.dumps(o.summary()).decode()}
+                  for o in outcomes])
+    arrivals.write(conn, arrived)
+    return outcomes
+
+
+def _counts(channel: str, upload: Pending, put, alone: bool) -> tuple[int, int, list]:
+    """(stored, unchanged, rejections by the store) of one upload: ``put``'s totals when it was
+    stored alone, else its own records' outcomes (a record that counts no rows counts one)."""
+    if alone:
+        return put.stored, put.unchanged, put.rejected
+    answers = [put.outcomes[k] for k in dict.fromkeys(record_key(channel, r)
+                                                       for r in upload.result.records)]
+    return (answers.count("stored"), answers.count("unchanged"),
+            [a for a in answers if not isinstance(a, str)])
+
+
+def setting_aside(channel: str, sender: str, body: bytes, content_type: str | None, reason: str,
+                  filename: str | None = None):
+    """The work that archives an upload that could not be read at all, with its reason."""
+    def work(conn) -> int:
         upload_id = archive(conn, channel, sender, body, content_type, filename)
         set_summary(conn, upload_id, {"error": reason, "set_aside": True})
-    return upload_id
+        return upload_id
+    return work
 
 
 async def ingest(request: Request, channel: Channel, sender: str, body: bytes,
                  filename: str | None = None) -> Outcome:
     """Map and store one upload; 400 (unreadable) and 403 (another sender) after archiving."""
-    engine = request.app.state.engine
     content_type = request.headers.get("content-type")
     try:
         result = await map_off_loop(request.app, channel, body, sender, filename)
     except UnreadableUpload as exc:  # ArchiveTooLarge (413) is one too
-        await run_in_threadpool(set_aside, engine, channel.name, sender, body, content_type,
-                                str(exc), filename)
+        await writer.of(request.app).run(setting_aside(channel.name, sender, body,
+                                                       content_type, str(exc), filename))
         if isinstance(exc, ArchiveTooLarge):
             metrics.UPLOADS.labels(channel.name, "too_large").inc()
             raise PayloadTooLarge(str(exc)) from None
@@ -149,8 +205,8 @@ async def ingest(request: Request, channel: Channel, sender: str, body: bytes,
     except ForeignSender as exc:
         metrics.UPLOADS.labels(channel.name, "foreign").inc()
         raise Forbidden(str(exc), code="FOREIGN_SENDER") from None
-    outcome = await run_in_threadpool(store_mapped, engine, channel.name, sender, body, result,
-                                      content_type, filename)
+    outcome = await writer.of(request.app).run(storing(channel.name, sender, body, result,
+                                                       content_type, filename))
     metrics.UPLOADS.labels(channel.name, "stored").inc()
     metrics.RECORDS.labels(channel.name, "stored").inc(outcome.stored)
     metrics.RECORDS.labels(channel.name, "unchanged").inc(outcome.unchanged)

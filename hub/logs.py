@@ -21,7 +21,7 @@ from datetime import datetime
 
 import structlog
 
-from mappers.common import scrub  # one definition of "what could be an ID"
+from mappers.region import scrub# one definition of "what could be an ID"
 
 # The loggers uvicorn writes to; they hand their records to the root logger's handler.
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")

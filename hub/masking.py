@@ -15,7 +15,8 @@ import re
 from typing import Any
 
 from mappers.address import best_place
-from mappers.common import PERSON_DOCUMENT_SYSTEMS, mask_resident_id
+from mappers.common import PERSON_DOCUMENT_SYSTEMS
+from mappers.region import mask_resident_id
 
 MASKED_LABEL = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
                 "code": "MASKED", "display": "masked"}

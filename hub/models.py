@@ -34,6 +34,9 @@ class Resource(SQLModel, table=True):
     __table_args__ = (
         Index("ix_resource_patient_type_sort", "patient_id", "res_type", "sort_date"),
         Index("ix_resource_record", "record_key"),
+        # the treating window across patients (hub.access.treated_patients), migration 0008
+        Index("ix_resource_type_hospital_sort", "res_type", "hospital", "sort_date",
+              "patient_id"),
     )
     res_type: str = Field(primary_key=True, max_length=40)
     res_id: str = Field(primary_key=True, max_length=64)
@@ -237,6 +240,56 @@ class Correction(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=500)
     answered: datetime | None = None
     withdrawn: datetime | None = None
+
+
+class Subscription(SQLModel, table=True):
+    """A hospital's FHIR R4 Subscription (rest-hook) to one patient's resources of one type
+    (``hub.subscriptions``). ``content`` is the Subscription as the hospital sent it (validated
+    R4); ``id``, ``status`` and ``error`` are the hub's and override it when shown. Rows of an
+    ended one (``DELETE``) are removed with their pending notifications."""
+
+    __tablename__ = "subscription"
+    __table_args__ = (
+        # the store's decision: active subscriptions of the patients an upload touched
+        Index("ix_subscription_patient_status", "patient_id", "status"),
+        Index("ix_subscription_hospital", "hospital", "created"),
+    )
+    id: str = Field(primary_key=True, max_length=40)
+    hospital: str = Field(max_length=20)
+    patient_id: str = Field(max_length=64)
+    res_type: str = Field(max_length=40)
+    endpoint: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(max_length=10)  # active | off | error
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    # Subscription.end: after it the subscription is ``off``
+    ends_at: datetime | None = None
+    created: datetime
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class Notification(SQLModel, table=True):
+    """The outbox: one notification owed to one subscription, written in the transaction that
+    stored what it is about (``hub.notify``). Deleted once delivered, dropped when withheld at
+    send time or its subscription ended. ``event_id`` is sent as ``X-Yrdhub-Event`` and kept by
+    every retry; ``next_attempt_at`` holds the retry pause (so it survives a restart) and
+    ``claimed_until`` the lease of the process sending it."""
+
+    __tablename__ = "notification"
+    __table_args__ = (
+        Index("ix_notification_due", "next_attempt_at"),
+        Index("ix_notification_subscription", "subscription_id"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=40, unique=True)
+    subscription_id: str = Field(max_length=40)
+    endpoint: str = Field(sa_column=Column(Text, nullable=False))
+    # "Type/id Type/id": what it is about, checked again against the rules at send time
+    resources: str = Field(sa_column=Column(Text, nullable=False))
+    created: datetime
+    next_attempt_at: datetime
+    claimed_until: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class RecordArrival(SQLModel, table=True):

@@ -14,18 +14,20 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 import orjson
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from hub import patients, search, sensitivity
+from hub import notify, patients, search, sensitivity
 from hub.models import Patient as PatientRow
 from hub.models import PatientKey
 from hub.models import Record as RecordRow
 from hub.models import Resource, ResourceHistory, SearchIndex
-from mappers.common import PATIENT_REF, SHARED_TYPES, Record, Rejection, make_id, province_of
+from mappers.common import PATIENT_REF, SHARED_TYPES, Record, Rejection, make_id
+from mappers.region import province_of
 
 _PATIENT_REF = PATIENT_REF.encode()
 # A visit is described by several records (Jiangsu's outpatient record and its lab and imaging
@@ -63,6 +65,7 @@ def dumps(resource: dict[str, Any]) -> bytes:
                         option=orjson.OPT_SORT_KEYS)
 
 
+@lru_cache(maxsize=4096)  # the resources of one upload share their time: $everything's rows
 def instant(when: datetime) -> str:
     """A stored time as a FHIR instant, in UTC (``meta.lastUpdated``)."""
     return when.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
@@ -328,6 +331,7 @@ class _Batch:
             reindex.append((row.res_type, row.res_id))
             history.append(self._history(row.res_type, row.res_id, row))
         self._execute(inserts, updates, history, index, reindex)
+        notify.on_stored(self.conn, inserts + updates, self.now)  # the outbox, in this transaction
 
     def _gathered(self, t: str, old, new: dict) -> dict:
         """``new`` with the part list gathered (see PART_LISTS)."""

@@ -1,5 +1,5 @@
 """The one reader of Chinese addresses: province, city and county-level district found by their
-GB/T 2260 names (``mappers.regions``), never guessed from suffix characters.
+GB/T 2260 names (``mappers.region``), never guessed from suffix characters.
 
 ``浙江省嘉兴市嘉善县罗星街道...`` reads as 浙江省 / 嘉兴市 / 嘉善县, line ``罗星街道...``. The
 province, or the province and the city, may be left out (``嘉兴市嘉善县...``, ``嘉善县...``) and are
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterator
 
-from mappers.regions import LEVELS, Division, Table, table
+from mappers.region import LEVELS, Division, Table, table
 
 _SEPARATORS = " \t\u3000,，、"
 _COUNTRY = ("中华人民共和国", "中国")

@@ -76,15 +76,9 @@ from typing import Any, Callable, Iterator
 from charset_normalizer import from_bytes
 
 from mappers.address import fhir_address
-from mappers.common import scrub
-from mappers.common import (
-    CST, ICD10_SYSTEM, check_character, INSURANCE_CARD_SYSTEM, LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM,
-    LOINC_SYSTEM, OUTPATIENT_NO_SYSTEM, PATIENT_REF, RESIDENT_ID_SYSTEM, ForeignSender,
-    InvalidValue, MapResult, Record, Rejection, UnreadableUpload, clean, fhir_date,
-    fhir_datetime, hospital_organization, hospital_reference, insurance_identifier,
-    interpretation, lab_value, make_id, normalize_resident_id, parse_when, reference_range,
-    resident_id_birth_date, row_digest, to_halfwidth, validate,
-)
+from mappers.region import CST, check_character, normalize_resident_id, resident_id_birth_date, scrub, to_halfwidth
+from mappers.common import (ICD10_SYSTEM, INSURANCE_CARD_SYSTEM, LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM, LOINC_SYSTEM, OUTPATIENT_NO_SYSTEM, PATIENT_REF, RESIDENT_ID_SYSTEM, MapResult, Record, Rejection, clean, fhir_date, fhir_datetime, hospital_organization, hospital_reference, insurance_identifier, interpretation, lab_value, make_id, parse_when, reference_range, row_digest, validate)
+from mappers.errors import ForeignSender, InvalidValue, UnreadableUpload
 
 __all__ = ["map_upload", "ArchiveTooLarge", "ForeignSender", "UnreadableUpload"]
 

@@ -22,33 +22,29 @@ Contract with the hub (``hub/ingest.py`` relies on it):
   earlier row of the record did) is ``unchanged``, any other ``stored``. Empty: the record counts
   as one.
 
-Exceptions: ``InvalidValue`` (a ``ValueError``) is raised by the parsing helpers below with a
+Exceptions (``mappers.errors``): ``InvalidValue`` is raised by the parsing helpers below with a
 human-readable reason; mappers catch it and turn it into a ``Rejection`` at the right location.
+The region's facts (provinces, CST, resident IDs, ``scrub``) live in ``mappers.region``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from stdnum.cn import ric
-from stdnum.exceptions import ValidationError
+from mappers.errors import InvalidValue
+from mappers.region import CST, to_halfwidth
 
 # ---------------------------------------------------------------------------------------------
 # The contract
 # ---------------------------------------------------------------------------------------------
 
 PATIENT_REF = "Patient/__patient__"
-
-
-class InvalidValue(ValueError):
-    """A source value that cannot be read; ``str(exc)`` is the reason shown to the sender."""
 
 
 @dataclass(frozen=True)
@@ -78,14 +74,6 @@ class MapResult:
     rejected: list[Rejection] = field(default_factory=list)
     # Things the sender should know that are not rejections (e.g. unknown keys kept in the archive).
     notes: list[str] = field(default_factory=list)
-
-
-class UnreadableUpload(ValueError):
-    """The body cannot be read at all as this format (the hub answers 400 with ``str(exc)``)."""
-
-
-class ForeignSender(ValueError):
-    """The upload names another hospital as its sender (the hub answers 403)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,23 +142,9 @@ def row_digest(values: dict[str, Any]) -> str:
     return hashlib.sha256(body).hexdigest()[:16]
 
 
-PROVINCE_OF_PREFIX = {"31": "SH", "32": "JS", "33": "ZJ", "34": "AH"}
-
-
-def province_of(code: str) -> str | None:
-    """Province (SH/JS/ZJ/AH) of a hospital code or an area code; None when outside the region."""
-    digits = code[1:] if code[:1] == "H" else code
-    return PROVINCE_OF_PREFIX.get(digits[:2])
-
-
 # ---------------------------------------------------------------------------------------------
 # Text
 # ---------------------------------------------------------------------------------------------
-
-
-def to_halfwidth(text: str) -> str:
-    """Full-width ASCII (``６.８``, ``ＡＢ``) and the ideographic space to their ASCII forms."""
-    return unicodedata.normalize("NFKC", text) if text.isascii() is False else text
 
 
 def clean(value: Any) -> str | None:
@@ -227,8 +201,6 @@ def decimal_json(value: Decimal) -> int | float:
 # Dates and times (China Standard Time unless stated)
 # ---------------------------------------------------------------------------------------------
 
-CST = timezone(timedelta(hours=8))
-
 _DT_PATTERNS = [
     # (regex, has_time) -- data, tried in order
     (re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})[ T](\d{1,2}):(\d{2}):(\d{2})$"), "s"),
@@ -282,71 +254,6 @@ def fhir_date(value: datetime | date | None) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Resident ID numbers (GB 11643)
 # ---------------------------------------------------------------------------------------------
-
-
-def normalize_resident_id(value: Any) -> str:
-    """A resident ID number, checked and in its 18-character form.
-
-    Full-width characters and a lower-case ``x`` are folded; the 15-digit legacy form is widened
-    (``19`` inserted after the area, the check character computed). A number that fails its check
-    digit, has an impossible birth date, or is not 15/18 characters raises InvalidValue: it is
-    refused, never repaired. The reason never contains the number itself.
-    """
-    text = clean(value)
-    if text is None:
-        raise InvalidValue("resident ID number is empty")
-    text = to_halfwidth(text).replace(" ", "").upper()
-    if len(text) == 15 and text.isdigit():
-        body = text[:6] + "19" + text[6:]
-        text = body + check_character(body)
-    if len(text) != 18:
-        raise InvalidValue(f"resident ID number has {len(text)} characters, expected 18 (or 15)")
-    if not (text[:17].isdigit() and (text[17].isdigit() or text[17] == "X")):
-        raise InvalidValue("resident ID number has characters other than digits and a final X")
-    # stdnum's ric.validate also demands a birth place from its own list of current area codes;
-    # numbers issued under since-retired area codes are real, so only date and check are checked.
-    try:
-        ric.get_birth_date(text)
-    except ValidationError:
-        raise InvalidValue("resident ID number holds an impossible birth date") from None
-    if ric.calc_check_digit(text) != text[17]:
-        raise InvalidValue("resident ID number fails its check character (GB 11643)")
-    return text
-
-
-def check_character(first17: str) -> str:
-    """The GB 11643 check character of the first 17 digits (stdnum wants a placeholder 18th)."""
-    return ric.calc_check_digit(first17 + "0")
-
-
-# Anything that could hold a resident ID number: a run of 15 or more digits and Xs, however long
-# (an ID glued to a phone number in a mangled cell is still an ID). Letters may touch it (in a
-# URL it follows "%7C", an encoded |).
-_ID_LIKE_RE = re.compile(r"(?<![\dXx])([\dXx]{15,})")
-
-
-def scrub(text: str) -> str:
-    """``text`` with everything that could hold a resident ID masked (``3304**********002X``,
-    first and last four kept): for every message to a sender, every log line and every error.
-    Hospital codes (11 digits) and timestamps (14) are left alone; longer runs, message ids
-    among them, are masked too: privacy before convenience in a log."""
-    return _ID_LIKE_RE.sub(lambda m: mask_resident_id(m.group(1)), text)
-
-
-def resident_id_birth_date(resident_id: str) -> date:
-    return ric.get_birth_date(resident_id)
-
-
-def resident_id_sex(resident_id: str) -> str:
-    """FHIR gender from the sequence digit: odd for men, even for women."""
-    return "male" if int(resident_id[16]) % 2 else "female"
-
-
-def mask_resident_id(resident_id: str) -> str:
-    """``33042119850412002X`` -> ``3304**********002X`` (the hub's masking and every log line)."""
-    if len(resident_id) < 8:
-        return "*" * len(resident_id)
-    return resident_id[:4] + "*" * (len(resident_id) - 8) + resident_id[-4:]
 
 
 # ---------------------------------------------------------------------------------------------

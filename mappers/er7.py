@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from mappers.common import scrub
+from mappers.region import scrub
 
 BOM = b"\xef\xbb\xbf"
 

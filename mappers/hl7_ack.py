@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from mappers.common import scrub
 from mappers.er7 import STANDARD, AckError, Encoding, escape, raw_msh_fields, unescape
+from mappers.region import scrub
 
 ACK_VERSION = "2.5"
 V2_0357 = "HL70357"

@@ -42,46 +42,10 @@ from lxml import etree
 
 from mappers import secure_xml
 from mappers.address import fhir_address
-from mappers.common import scrub as _scrub
-from mappers.common import (
-    DICOM_MODALITIES,
-    DICOM_MODALITY_SYSTEM,
-    DICOM_UID_SYSTEM,
-    ICD10_SYSTEM,
-    IMAGING_REPORT_SYSTEM,
-    LAB_REPORT_SYSTEM,
-    LOCAL_LAB_SYSTEM,
-    LOINC_SYSTEM,
-    NATIONAL_DRUG_SYSTEM,
-    OUTPATIENT_NO_SYSTEM,
-    PATIENT_REF,
-    PRACTITIONER_SYSTEM,
-    RESIDENT_ID_SYSTEM,
-    SNOMED_SYSTEM,
-    ForeignSender,
-    InvalidValue,
-    MapResult,
-    Record,
-    Rejection,
-    UnreadableUpload,
-    clean,
-    decimal_json,
-    codeable_concept,
-    department_concept,
-    fhir_date,
-    fhir_datetime,
-    gbt_gender,
-    hospital_organization,
-    hospital_reference,
-    interpretation,
-    lab_value,
-    make_id,
-    normalize_resident_id,
-    parse_decimal,
-    parse_when,
-    reference_range,
-    validate,
-)
+from mappers.region import scrub as _scrub
+from mappers.common import (DICOM_MODALITIES, DICOM_MODALITY_SYSTEM, DICOM_UID_SYSTEM, ICD10_SYSTEM, IMAGING_REPORT_SYSTEM, LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM, LOINC_SYSTEM, NATIONAL_DRUG_SYSTEM, OUTPATIENT_NO_SYSTEM, PATIENT_REF, PRACTITIONER_SYSTEM, RESIDENT_ID_SYSTEM, SNOMED_SYSTEM, MapResult, Record, Rejection, clean, decimal_json, codeable_concept, department_concept, fhir_date, fhir_datetime, gbt_gender, hospital_organization, hospital_reference, interpretation, lab_value, make_id, parse_decimal, parse_when, reference_range, validate)
+from mappers.errors import ForeignSender, InvalidValue, UnreadableUpload
+from mappers.region import normalize_resident_id
 
 HL7_NS = "urn:hl7-org:v3"
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"

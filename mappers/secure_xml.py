@@ -23,7 +23,8 @@ import re
 
 from lxml import etree
 
-from mappers.common import UnreadableUpload, scrub
+from mappers.errors import UnreadableUpload
+from mappers.region import scrub
 
 XINCLUDE_NS = "http://www.w3.org/2001/XInclude"
 

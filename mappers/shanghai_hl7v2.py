@@ -34,43 +34,8 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 from mappers.address import fhir_address
-from mappers.common import scrub as _scrub
-from mappers.common import (
-    DICOM_MODALITY_SYSTEM,
-    DICOM_UID_SYSTEM,
-    DOCUMENT_SYSTEMS,
-    HOSPITAL_PATIENT_NO_SYSTEM,
-    ICD10_SYSTEM,
-    IMAGING_REPORT_SYSTEM,
-    INSURANCE_CARD_SYSTEM,
-    INTERPRETATION_SYSTEM,
-    INTERPRETATIONS,
-    LAB_REPORT_SYSTEM,
-    LOCAL_LAB_SYSTEM,
-    LOINC_SYSTEM,
-    OUTPATIENT_NO_SYSTEM,
-    PATIENT_REF,
-    PERSON_DOCUMENT_SYSTEMS,
-    PRACTITIONER_SYSTEM,
-    RESIDENT_ID_SYSTEM,
-    SNOMED_SYSTEM,
-    ForeignSender,
-    InvalidValue,
-    MapResult,
-    Record,
-    Rejection,
-    UnreadableUpload,
-    decimal_json,
-    department_concept,
-    hospital_organization,
-    hospital_reference,
-    lab_value,
-    make_id,
-    normalize_resident_id,
-    parse_decimal,
-    reference_range,
-    validate,
-)
+from mappers.region import scrub as _scrub
+from mappers.common import (DICOM_MODALITY_SYSTEM, DICOM_UID_SYSTEM, DOCUMENT_SYSTEMS, HOSPITAL_PATIENT_NO_SYSTEM, ICD10_SYSTEM, IMAGING_REPORT_SYSTEM, INSURANCE_CARD_SYSTEM, INTERPRETATION_SYSTEM, INTERPRETATIONS, LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM, LOINC_SYSTEM, OUTPATIENT_NO_SYSTEM, PATIENT_REF, PERSON_DOCUMENT_SYSTEMS, PRACTITIONER_SYSTEM, RESIDENT_ID_SYSTEM, SNOMED_SYSTEM, MapResult, Record, Rejection, decimal_json, department_concept, hospital_organization, hospital_reference, lab_value, make_id, parse_decimal, reference_range, validate)
 from mappers.er7 import (
     AckError,
     Er7Error,
@@ -80,7 +45,8 @@ from mappers.er7 import (
     decode,
     split_messages,
 )
-from mappers.regions import division
+from mappers.errors import ForeignSender, InvalidValue, UnreadableUpload
+from mappers.region import division, normalize_resident_id
 
 # Versions the hub reads (MSH-12, major.minor): the format names 2.3-2.6, peers send up to 2.8.
 SUPPORTED_VERSIONS = frozenset({"2.3", "2.4", "2.5", "2.6", "2.7", "2.8"})

@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from mappers.common import InvalidValue
+from mappers.errors import InvalidValue
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "data" / "fhir.schema.json.gz"
 SCHEMA_ID = "http://hl7.org/fhir/json-schema/4.0"

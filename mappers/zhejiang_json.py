@@ -32,18 +32,10 @@ from decimal import Decimal
 from typing import Any, Callable
 
 from mappers.address import fhir_address
-from mappers.common import scrub as _scrub
-from mappers.common import (
-    DICOM_MODALITIES, DICOM_MODALITY_SYSTEM, DICOM_UID_SYSTEM, DOCUMENT_SYSTEMS,
-    HOSPITAL_PATIENT_NO_SYSTEM, ICD10_SYSTEM, IMAGING_REPORT_SYSTEM, LAB_REPORT_SYSTEM,
-    LOCAL_LAB_SYSTEM, LOINC_SYSTEM, NATIONAL_DRUG_SYSTEM, OUTPATIENT_NO_SYSTEM, PATIENT_REF,
-    PRACTITIONER_SYSTEM, PRESCRIPTION_SYSTEM, RESIDENT_ID_SYSTEM, ForeignSender, InvalidValue,
-    MapResult, Record, Rejection, UnreadableUpload, clean, decimal_json, department_concept,
-    fhir_date, fhir_datetime, gbt_gender, hospital_organization, hospital_reference,
-    insurance_identifier, interpretation, lab_value, make_id, mask_resident_id,
-    normalize_resident_id, parse_decimal, parse_when, reference_range, resident_id_birth_date,
-    resident_id_sex, to_halfwidth, validate,
-)
+from mappers.region import scrub as _scrub
+from mappers.common import (DICOM_MODALITIES, DICOM_MODALITY_SYSTEM, DICOM_UID_SYSTEM, DOCUMENT_SYSTEMS, HOSPITAL_PATIENT_NO_SYSTEM, ICD10_SYSTEM, IMAGING_REPORT_SYSTEM, LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM, LOINC_SYSTEM, NATIONAL_DRUG_SYSTEM, OUTPATIENT_NO_SYSTEM, PATIENT_REF, PRACTITIONER_SYSTEM, PRESCRIPTION_SYSTEM, RESIDENT_ID_SYSTEM, MapResult, Record, Rejection, clean, decimal_json, department_concept, fhir_date, fhir_datetime, gbt_gender, hospital_organization, hospital_reference, insurance_identifier, interpretation, lab_value, make_id, parse_decimal, parse_when, reference_range, validate)
+from mappers.errors import ForeignSender, InvalidValue, UnreadableUpload
+from mappers.region import (mask_resident_id, normalize_resident_id, resident_id_birth_date, resident_id_sex, to_halfwidth)
 
 # ---------------------------------------------------------------------------------------------
 # The format's keys and code tables (data)

@@ -17,7 +17,7 @@ from decimal import Decimal
 import orjson
 from sqlalchemy import select
 
-from hub.config import PROVINCES
+from mappers.region import PROVINCES, money_text
 
 from .models import Settlement
 
@@ -32,8 +32,8 @@ def statement(settlements: Iterable[Mapping[str, str]]) -> dict[str, dict]:
     for s in settlements:
         owed[s["insuplc"]][s["mdtrtarea"]] += Decimal(s["hifp_pay"]) + Decimal(s["acct_pay"])
     net = {p: sum((owed[q][p] for q in PROVINCES), ZERO) - sum(owed[p].values(), ZERO) for p in PROVINCES}
-    return {"owed": {p: {q: f"{v:.2f}" for q, v in row.items()} for p, row in owed.items()},
-            "net": {p: f"{v:.2f}" for p, v in net.items()}}
+    return {"owed": {p: {q: money_text(v) for q, v in row.items()} for p, row in owed.items()},
+            "net": {p: money_text(v) for p, v in net.items()}}
 
 
 def counting(engine, month: str) -> list[dict[str, str]]:

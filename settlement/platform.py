@@ -45,12 +45,11 @@ import email.utils
 import itertools
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -58,14 +57,13 @@ import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from hub.metrics import PLATFORM_CALLS
-from mappers.common import CST, PROVINCE_OF_PREFIX, scrub
+from mappers.region import CST, PROVINCE_ADMDVS, PROVINCES, money_text, province_of, scrub
 
 from .transport import AiohttpTransport
 
 log = logging.getLogger(__name__)
 
 # Province code -> the platform's own area code (insurer-api.md, first table).
-PROVINCE_ADMDVS: dict[str, str] = {"SH": "310000", "JS": "320000", "ZJ": "330000", "AH": "340000"}
 # Whether the province keeps each msgid for 72 h and answers a repeat with the first answer.
 DEDUPLICATES: dict[str, bool] = {"SH": True, "JS": True, "ZJ": True, "AH": False}
 # Transactions a repeat of which cannot commit anything twice on any platform: reads, outcome
@@ -83,7 +81,6 @@ HUB_PARTY = "YRDHUB"
 ENVELOPE_CONSTANTS = {"recer_sys_code": "YRDHUB", "infver": "V1.0", "opter_type": "1"}
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=30.0, write=10.0, pool=10.0)
-CENT = Decimal("0.01")
 # The ten amounts of a 2207 split, and the three that reconciliation compares.
 SPLIT_FIELDS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
                 "act_pay_dedc", "hifp_pay", "acct_pay", "psn_cash_pay", "fund_pay_sumamt")
@@ -140,13 +137,12 @@ class Refused(PlatformError):
 # ---------------------------------------------------------------------------------------------
 
 
-def province_of(place: str) -> str:
-    """``SH``/``JS``/``ZJ``/``AH`` from a province code or an area code (first two digits);
-    ValueError for a place outside the region."""
-    if place in PROVINCE_ADMDVS:
-        return place
-    province = PROVINCE_OF_PREFIX.get(str(place)[:2])
-    if province is None or not re.fullmatch(r"\d{6}", str(place)):
+def province_of_place(place: str) -> str:
+    """``SH``/``JS``/``ZJ``/``AH`` from a province code or a six-digit area code (``province_of``);
+    ValueError for anything else: a place outside the region, or a hospital code."""
+    valid = place in PROVINCES or (isinstance(place, str) and len(place) == 6 and place.isdigit())
+    province = province_of(place) if valid else None
+    if province is None:
         raise ValueError(f"not a province or area code of the region: {place!r}")
     return province
 
@@ -180,13 +176,6 @@ def new_msgid(party: str, now: datetime, seq: int) -> str:
 
 def fmt_time(when: datetime) -> str:
     return f"{to_cst(when):%Y-%m-%d %H:%M:%S}"
-
-
-def fmt_money(value: Decimal | str | int) -> str:
-    """A yuan amount as a two-place decimal string; never via float."""
-    if isinstance(value, float):
-        raise TypeError("money must not be a float")
-    return str(Decimal(str(value)).quantize(CENT, ROUND_HALF_UP))
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -326,7 +315,7 @@ class PlatformClient:
         ``PlatformNotConfigured``, ``NotSent``, ``OutcomeUnknown`` / ``PlatformBusy`` once the
         safe retries are spent (or at once when no retry is safe).
         """
-        province = province_of(place)
+        province = province_of_place(place)
         base = self.base_urls.get(province)
         if base is None:
             raise PlatformNotConfigured(f"no platform URL configured for {province} "
@@ -461,7 +450,7 @@ class PlatformClient:
         inp: dict[str, Any] = {"psn_no": psn_no, "insutype": insutype, "mdtrt_id": mdtrt_id, "setl_id": setl_id,
                                "setl_time": fmt_time(setl_time), "accum_year": accum_year,
                                "accum_version": accum_version}
-        inp.update({name: fmt_money(split[name]) for name in SPLIT_FIELDS})
+        inp.update({name: money_text(split[name]) for name in SPLIT_FIELDS})
         return await self.call(insuplc_admdvs, "2207", inp, msgid, mdtrtarea_admvs=mdtrtarea_admvs,
                                fixmedins_code=fixmedins_code)
 
@@ -494,8 +483,8 @@ class PlatformClient:
         ``mdtrtarea_admvs`` (a province ``310000`` or a district). Output ``stmt_rslt`` "0"
         balanced / "1", and the platform's own totals."""
         inp = {"stmt_date": stmt_date.isoformat(), "mdtrtarea_admvs": area_of(mdtrtarea_admvs),
-               "setl_cnt": setl_cnt, "medfee_sumamt": fmt_money(medfee_sumamt),
-               "fund_pay_sumamt": fmt_money(fund_pay_sumamt), "acct_pay": fmt_money(acct_pay)}
+               "setl_cnt": setl_cnt, "medfee_sumamt": money_text(medfee_sumamt),
+               "fund_pay_sumamt": money_text(fund_pay_sumamt), "acct_pay": money_text(acct_pay)}
         return await self.call(insuplc, "3201", inp, msgid or self.next_msgid(), mdtrtarea_admvs=mdtrtarea_admvs)
 
     async def reconcile_detail(self, insuplc: str, *, stmt_date: date, mdtrtarea_admvs: str,
@@ -503,7 +492,7 @@ class PlatformClient:
         """3202: the hub's settlements of the day (each ``setl_id``, ``medfee_sumamt``,
         ``fund_pay_sumamt``, ``acct_pay``) against the platform's. Output ``missing_at_insurer``,
         ``unknown_to_hub``, ``amount_mismatch``."""
-        rows = [{"setl_id": s["setl_id"], **{f: fmt_money(s[f]) for f in RECON_FIELDS}} for s in settlements]
+        rows = [{"setl_id": s["setl_id"], **{f: money_text(s[f]) for f in RECON_FIELDS}} for s in settlements]
         inp = {"stmt_date": stmt_date.isoformat(), "mdtrtarea_admvs": area_of(mdtrtarea_admvs), "setl_ids": rows}
         return await self.call(insuplc, "3202", inp, msgid or self.next_msgid(), mdtrtarea_admvs=mdtrtarea_admvs)
 
@@ -520,7 +509,7 @@ class PlatformClient:
                              amount: Decimal, to_admdvs: str) -> dict[str, Any]:
         """4102 on the origin: move the account balance. Output fund_txn_id. Refusals:
         CERT_INVALID, FUNDS_MISMATCH."""
-        inp = {"transfer_id": transfer_id, "cert_no": cert_no, "amount": fmt_money(amount), "to_admdvs": to_admdvs}
+        inp = {"transfer_id": transfer_id, "cert_no": cert_no, "amount": money_text(amount), "to_admdvs": to_admdvs}
         return await self.call(from_admdvs, "4102", inp, msgid)
 
     async def transfer_in(self, to_admdvs: str, *, msgid: str, transfer_id: str, cert_no: str, from_admdvs: str,
@@ -531,7 +520,7 @@ class PlatformClient:
         CERT_INVALID, FUNDS_MISMATCH."""
         inp = {"transfer_id": transfer_id, "cert_no": cert_no, "from_admdvs": from_admdvs, "certno": certno,
                "psn_name": psn_name, "insutype": insutype, "insu_months": insu_months,
-               "acct_balc": fmt_money(acct_balc), "fund_txn_id": fund_txn_id or ""}
+               "acct_balc": money_text(acct_balc), "fund_txn_id": fund_txn_id or ""}
         return await self.call(to_admdvs, "4201", inp, msgid)
 
     async def cancel_transfer_out(self, from_admdvs: str, *, msgid: str, transfer_id: str, cert_no: str,

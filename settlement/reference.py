@@ -35,14 +35,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mappers.common import PROVINCE_OF_PREFIX
-from mappers.regions import is_current
+from mappers.region import PROVINCES, is_current, province_of
 
 HOSPITALS_FILE = "hospitals.csv"
 CATALOGUE_FILE = "catalogue.csv"
 POLICY_FILE = "policy.json"
 
-PROVINCES = frozenset(PROVINCE_OF_PREFIX.values())  # the region (GB/T 2260 prefixes: mappers.common)
 
 CATEGORIES = {"A": "甲类", "B": "乙类", "C": "丙类"}
 HOSPITAL_LEVELS = frozenset({1, 2, 3})
@@ -55,16 +53,6 @@ _DECIMAL_RE = re.compile(r"^\d+(\.\d+)?$")
 
 class ReferenceDataError(ValueError):
     """The reference data cannot be used; the message names the file, row and field."""
-
-
-def province_of(code: str) -> str | None:
-    """``SH``/``JS``/``ZJ``/``AH`` for a province code or an area code (its first two digits).
-
-    ``"ZJ"`` -> ``"ZJ"``, ``"330421"`` -> ``"ZJ"``; anything outside the region -> None.
-    """
-    if code in PROVINCES:
-        return code
-    return PROVINCE_OF_PREFIX.get(code[:2]) if code[:2].isdigit() else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +212,7 @@ def _csv_rows(text: str, name: str, columns: Iterable[str]) -> list[tuple[str, d
 
 def parse_hospitals(text: str) -> dict[str, Hospital]:
     """hospitals.csv -> hospitals by code. A duplicate code, or an area that is not a current
-    GB/T 2260 code of the region (``mappers.regions``), fails."""
+    GB/T 2260 code of the region (``mappers.region``), fails."""
     hospitals: dict[str, Hospital] = {}
     for where, row in _csv_rows(text, HOSPITALS_FILE, ("fixmedins_code", "name", "admdvs", "level")):
         code, admdvs = row["fixmedins_code"], row["admdvs"]

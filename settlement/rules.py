@@ -45,15 +45,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from datetime import date, datetime, timedelta, timezone
-from decimal import ROUND_HALF_UP, Decimal
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
-from mappers.common import InvalidValue, normalize_resident_id, resident_id_birth_date
-from mappers.regions import division, is_current
+from mappers.errors import InvalidValue
+from mappers.region import (CST, ZERO, area_prefix, division, is_current, money_text, normalize_resident_id,
+                            province_of, resident_id_birth_date, round_money)
 
-from .reference import (INSUTYPES, CatalogueItem, Hospital, Policy, Reference, default_reference,
-                        province_of)
+from .reference import INSUTYPES, CatalogueItem, Hospital, Policy, Reference, default_reference
 
 REQUEST_ERRORS: Mapping[str, str] = {
     "INVALID_BODY": "the body is not a JSON object",
@@ -113,15 +113,6 @@ def refuse(code: str, detail: str = "") -> Refusal:
 # Money
 # ---------------------------------------------------------------------------------------------
 
-CENT = Decimal("0.01")
-ZERO = Decimal("0.00")
-CST = timezone(timedelta(hours=8))
-
-
-def money(value: Decimal) -> Decimal:
-    """Rounded half up to 0.01 (``0.225`` -> ``0.23``, ``-0.001`` -> ``0.00``, never ``-0.00``)."""
-    rounded = value.quantize(CENT, rounding=ROUND_HALF_UP)
-    return rounded if rounded else ZERO
 
 
 # Bounded so that cnt x pric always fits the default 28-digit Decimal context exactly.
@@ -163,7 +154,7 @@ def parse_quantity(value: Any, location: str) -> Decimal:
 
 def line_amount(cnt: Decimal, pric: Decimal) -> Decimal:
     """cnt x pric to two places, half up (``0.3333`` x ``30.00`` = 9.999 -> ``10.00``)."""
-    return money(cnt * pric)
+    return round_money(cnt * pric)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,7 +273,7 @@ def _cert_no(raw: Mapping[str, Any], cert_type: str) -> str:
 
 
 def _insuplc(raw: Mapping[str, Any]) -> str:
-    """A current GB/T 2260 code (``mappers.regions``) in the region: ``339999`` is no place,
+    """A current GB/T 2260 code (``mappers.region``) in the region: ``339999`` is no place,
     ``341400`` (巢湖市) was retired in 2011."""
     code = _text(raw, "insuplc_admdvs")
     if not _AREA_RE.match(code) or province_of(code) is None:
@@ -514,16 +505,6 @@ class Eligibility:
     basis: str  # same_province | demonstration_zone | filing:resident | filing:temporary | emergency
 
 
-def area_prefix(code: str) -> str:
-    """An area code as a prefix: trailing ``00`` pairs dropped.
-
-    ``310000`` -> ``31``, ``320100`` -> ``3201``, ``310110`` -> ``310110``, ``000000`` -> ``""``.
-    """
-    while code.endswith("00"):
-        code = code[:-2]
-    return code
-
-
 def in_range(day: date, begndate: date | None, enddate: date | None) -> bool:
     """Both ends included; an empty (None) end of either side is open."""
     return (begndate is None or begndate <= day) and (enddate is None or day <= enddate)
@@ -637,9 +618,9 @@ def split_line(line: FeeLine, item: CatalogueItem | None) -> LineSplit:
         return LineSplit(fulamt_ownpay_amt=amount)
     over = ZERO
     if item.price_cap is not None and item.price_cap < line.pric:
-        over = money((line.pric - item.price_cap) * line.cnt)
+        over = round_money((line.pric - item.price_cap) * line.cnt)
     base = amount - over
-    pre = money(base * item.preselfpay_ratio) if item.category == "B" else ZERO
+    pre = round_money(base * item.preselfpay_ratio) if item.category == "B" else ZERO
     return LineSplit(overlmt_selfpay=over, preselfpay_amt=pre, inscp_scp_amt=base - pre)
 
 
@@ -707,7 +688,7 @@ def fund_payment(inscp: Decimal, act_pay_dedc: Decimal, ratio_eff: Decimal,
 
     Rounded half up before the cap; never more than the cap's remainder (0 once it is used up).
     """
-    fund_raw = money((inscp - act_pay_dedc) * ratio_eff)
+    fund_raw = round_money((inscp - act_pay_dedc) * ratio_eff)
     return min(fund_raw, max(ZERO, annual_cap - fund_pay_accu))
 
 
@@ -750,11 +731,11 @@ class Split:
             value = getattr(self, f.name)
             if not isinstance(value, Decimal):
                 raise TypeError(f"Split.{f.name} must be a Decimal, got {type(value).__name__}")
-            object.__setattr__(self, f.name, money(value))
+            object.__setattr__(self, f.name, round_money(value))
 
     def as_json(self) -> dict[str, str]:
         """Two-place strings in the interface's order: ``{"medfee_sumamt": "37.20", ...}``."""
-        return {f.name: f"{getattr(self, f.name):.2f}" for f in fields(self)}
+        return {f.name: money_text(getattr(self, f.name)) for f in fields(self)}
 
 
 def apportion(lines: LineSplit, terms: FundTerms, adjustment: Decimal, coverage: Coverage,

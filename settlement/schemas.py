@@ -25,6 +25,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
+from mappers.region import money_text
+
 from .reference import INSUTYPES
 from .rules import _MONEY_RE, _QUANTITY_RE, CERT_TYPES, VISIT_TYPES
 
@@ -41,7 +43,7 @@ def _money(value: Any) -> Decimal:
     return Decimal(value)
 
 
-Money = Annotated[Decimal, BeforeValidator(_money), PlainSerializer(lambda v: f"{v:.2f}", return_type=str),
+Money = Annotated[Decimal, BeforeValidator(_money), PlainSerializer(money_text, return_type=str),
                   WithJsonSchema({"type": "string", "pattern": ANSWER_MONEY, "examples": ["37.20"]})]
 RequestMoney = Annotated[str, Field(pattern=_MONEY_RE.pattern, examples=["18.60"],
                                     description="a decimal string >= 0 with at most two places")]

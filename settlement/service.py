@@ -54,11 +54,11 @@ from sqlalchemy.pool import StaticPool
 from hub.auth import Party
 from hub.db import is_sqlite, writer
 from hub.errors import Conflict, Forbidden, HubError, NotFound, Unprocessable
-from mappers.common import CST, scrub
+from mappers.region import CST, money_text, province_of, scrub
 
 from .models import Settlement, SettlementMsgid, SettlementPersonLease
-from .platform import PlatformClient, PlatformError, OutcomeUnknown, Refused, SPLIT_FIELDS, fmt_money, fmt_time, interpret
-from .reference import default_reference, province_of
+from .platform import PlatformClient, PlatformError, OutcomeUnknown, Refused, SPLIT_FIELDS, fmt_time, interpret
+from .reference import default_reference
 from .sqlite_loop import LoopConnection
 from .states import FINAL, INITIAL, OPEN, STATUS_OF_STATE, allowed
 from .rules import (PersonInfo, PersonInfoInvalid, Refusal, RequestInvalid, SettleRequest, compute_split,
@@ -886,7 +886,7 @@ class SettlementService:
         # does carry. Where they differ the platform committed an earlier computation, and the
         # committed amounts are the truth; amounts it does not carry cannot be checked.
         mine = orjson.loads(row["split"])
-        theirs = {name: fmt_money(output[name]) for name in SPLIT_FIELDS if duplicate and name in output}
+        theirs = {name: money_text(output[name]) for name in SPLIT_FIELDS if duplicate and name in output}
         if any(theirs[name] != mine[name] for name in theirs):
             log.warning("settlement %s: committed amounts differ from the last computation; taking "
                         "the platform's", row["setl_id"])

@@ -57,10 +57,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from hub.db import writer
-from mappers.common import CST, scrub
-from mappers.regions import full_name, is_current
+from mappers.region import CST, full_name, is_current, province_of, scrub
 from settlement.platform import (HUB_PARTY, OutcomeUnknown, PlatformBusy, PlatformError, PlatformNotConfigured,
-                                 Refused, new_msgid, province_of)
+                                 Refused, new_msgid)
 from settlement.reference import INSUTYPES
 from settlement.transfer_models import Transfer, TransferStep
 
@@ -74,7 +73,7 @@ COMPENSATION_WORKING_DAYS = 10
 STEP_ORDER = {"4101": 1, "4102": 2, "4201": 3, "4103": 4}
 DEFAULT_CALENDAR = Path(__file__).resolve().parent / "data" / "calendar.json"
 # The region's places that have hospitals or policies, beside the hospitals' own (named by
-# mappers.regions, GB/T 2260).
+# mappers.region, GB/T 2260).
 AREA_CODES = ("310101", "310104", "310106", "310115", "310118", "320106", "320115", "320508", "320509",
               "330106", "330203", "330402", "330421", "340103", "340104", "340202", "341502")
 # Sequence numbers of the saga's msgids live in 5000..9999 so that they never meet the platform
@@ -195,7 +194,7 @@ def step_row(transfer_id: str, infno: str, started_on: date, deadline: date) -> 
 
 def check_request(from_admdvs: str | None, to_admdvs: Any, insutype: Any) -> None:
     """Raise ``TransferError`` (Chinese message) unless ``to_admdvs`` is a six-digit place of the
-    region below province level, current in GB/T 2260 (``mappers.regions``), in another province
+    region below province level, current in GB/T 2260 (``mappers.region``), in another province
     than ``from_admdvs``, and ``insutype`` is 310 or 390. ``from_admdvs`` None: the person has no
     coverage of that type to move."""
     if insutype not in INSUTYPES:
@@ -205,10 +204,9 @@ def check_request(from_admdvs: str | None, to_admdvs: Any, insutype: Any) -> Non
         raise TransferError("请选择转入地（六位行政区划代码，具体到区县）。", "BAD_PLACE")
     if not is_current(to_admdvs):
         raise TransferError(f"转入地{to_admdvs}不是现行的行政区划代码（GB/T 2260）。", "UNKNOWN_PLACE")
-    try:
-        to_province = province_of(to_admdvs)
-    except ValueError:
-        raise TransferError("转入地不在长三角区域（上海、江苏、浙江、安徽）内。", "UNKNOWN_PLACE") from None
+    to_province = province_of(to_admdvs)
+    if to_province is None:
+        raise TransferError("转入地不在长三角区域（上海、江苏、浙江、安徽）内。", "UNKNOWN_PLACE")
     if from_admdvs is None:
         raise TransferError(f"您没有{INSUTYPES[insutype]}的参保记录，无法办理转移。", "NOT_INSURED")
     if province_of(from_admdvs) == to_province:

@@ -17,9 +17,10 @@ from tests.support.common import Hub, free_port, serve_in_thread
 
 PG_URL = os.environ.get("YRDHUB_TEST_POSTGRES_URL")
 DATABASES = ["sqlite"] + (["postgresql"] if PG_URL else [])
-# Fixtures shared through tests/support: the platforms (``sims``), a settlement hub (``shub``) and a
-# portal hub (``portal``).
-pytest_plugins = ["tests.support.platforms", "tests.support.settlement", "tests.support.portal_fixtures"]
+# Fixtures shared through tests/support: the platforms (``sims``), a settlement hub (``shub``), a
+# portal hub (``portal``) and notification receivers and hubs (``receiver``, ``notify_hub``).
+pytest_plugins = ["tests.support.platforms", "tests.support.settlement", "tests.support.portal_fixtures",
+                  "tests.support.subscriptions"]
 
 
 @pytest.fixture(scope="session", params=DATABASES)
@@ -47,8 +48,12 @@ def engine(database_url):
 
 
 def wipe(engine) -> None:
-    """Empty every table (faster than a new database per test)."""
+    """Empty every table (faster than a new database per test), after the audit's write-behind
+    has committed what earlier tests' reads recorded (else it lands in this test's tables)."""
     import hub.models  # noqa: F401
+    from hub import audit
+
+    audit.flush_all()
 
     tables = [t.name for t in reversed(SQLModel.metadata.sorted_tables)]
     with engine.begin() as conn:

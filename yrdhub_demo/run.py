@@ -36,7 +36,7 @@ def check() -> int:
 
 
 def run(port: int = 8000, workdir: Path = Path("demo-data")) -> int:
-    from settlement.simulator import start_simulators
+    from settlement.simulated import start_simulators
 
     if check() != 0:
         return 2

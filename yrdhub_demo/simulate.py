@@ -1,7 +1,7 @@
 """``yrdhub simulate`` (or ``python -m yrdhub_demo.simulate``): the four provinces' simulated
 insurance platforms, seeded with the persons the demo ships, until SIGINT or SIGTERM.
 
-The same options as ``python -m settlement.simulator`` (``--host``, ``--base-port``,
+The same options as ``python -m settlement.simulated`` (``--host``, ``--base-port``,
 ``--ledger-file``, ``--latency-ms``); ``--persons`` defaults to the shipped ``persons.json``
 rather than the checkout's ``fixtures/``, which an installed package does not have.
 """
@@ -25,12 +25,12 @@ def persons_file():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from settlement import simulator
+    from settlement.simulated import cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
     with persons_file() as persons:
         # Given first, so that a --persons of the caller's, parsed later, wins.
-        simulator.main(["--persons", str(persons), *argv])
+        cli.main(["--persons", str(persons), *argv])
     return 0
 
 

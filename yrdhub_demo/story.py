@@ -19,7 +19,7 @@ import httpx
 from tqdm import tqdm
 
 from hub.auth import create_token
-from mappers.common import CST, province_of
+from mappers.region import CST, province_of
 from settlement.reference import default_reference
 from settlement.transfer import region_places
 from yrdhub_demo import shipped

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from hub import audit
 
 from hub.models import AuditRecord
-from mappers.common import CST
+from mappers.region import CST
 from settlement.reference import default_reference
 
 HUB_ORGANISATION = {"code": "YRDHUB", "name": "长三角医疗数据枢纽（管理员）"}

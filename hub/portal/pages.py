@@ -23,6 +23,7 @@ from hub import sharing
 from hub.errors import HubError
 from hub.portal import accesslog, api, sessions
 from hub.portal.sessions import PatientSession
+from mappers.region import PROVINCE_NAMES
 from settlement.reference import INSUTYPES
 from settlement.transfer import region_places
 
@@ -37,7 +38,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
 }
-PROVINCE_NAMES = sessions.PROVINCES
 STATUS_LABELS = {"submitted": "已提交", "in_progress": "办理中", "completed": "已完成", "refused": "未能办理",
                  "cancelled": "已撤销"}
 STEP_LABELS = {"4101": "转出地办理转出、出具参保凭证", "4102": "转出地划转个人账户余额",

@@ -34,12 +34,12 @@ from hub.db import writer
 from hub.errors import Unauthenticated
 from hub.portal.models import PortalSession
 from hub.store import patient_for_resident_id
-from mappers.common import InvalidValue, mask_resident_id, normalize_resident_id
+from mappers.errors import InvalidValue
+from mappers.region import PROVINCE_NAMES, mask_resident_id, normalize_resident_id
 from settlement.platform import PlatformError, Refused
 
 COOKIE = "yrd_session"
 CSRF_COOKIE = "yrd_csrf"
-PROVINCES = {"SH": "上海市", "JS": "江苏省", "ZJ": "浙江省", "AH": "安徽省"}
 SIGN_IN_REFUSALS = {
     "TOKEN_INVALID": "电子凭证码无效。请在医保App中打开“医保电子凭证”，刷新后重新输入。",
     "TOKEN_EXPIRED": "电子凭证码已过期。请在医保App中刷新电子凭证后重新输入。",
@@ -84,7 +84,7 @@ def same_token(expected: str | None, given: str | None) -> bool:
 
 async def sign_in(platform: Any, province: str, code: str) -> dict[str, Any]:
     """Check ``code`` at ``province``'s platform; returns the 1101 output. Raises SignInFailed."""
-    if province not in PROVINCES:
+    if province not in PROVINCE_NAMES:
         raise SignInFailed(401, "请选择参保省份。")
     code = (code or "").strip()
     if not code or len(code) > 64 or not code.isprintable():
@@ -97,7 +97,7 @@ async def sign_in(platform: Any, province: str, code: str) -> dict[str, Any]:
         message = SIGN_IN_REFUSALS.get(exc.err_code, f"登录失败：{exc.err_msg or exc.err_code}")
         raise SignInFailed(401, message, refused=exc.err_code not in NOT_ABOUT_THE_CODE) from None
     except PlatformError:
-        raise SignInFailed(503, f"{PROVINCES[province]}医保平台暂时无法连接，请稍后再试。") from None
+        raise SignInFailed(503, f"{PROVINCE_NAMES[province]}医保平台暂时无法连接，请稍后再试。") from None
 
 
 async def _person_info(platform: Any, province: str, code: str, tries: int = 3) -> dict[str, Any]:

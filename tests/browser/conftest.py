@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from settlement.simulator import start_simulators
+from settlement.simulated import start_simulators
 from tests.support.portal import start_hub
 from tests.support import browser as support
 

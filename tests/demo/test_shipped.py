@@ -11,7 +11,7 @@ import pytest
 
 from hub import cli
 from mappers import shanghai_hl7v2
-from mappers.common import CST
+from mappers.region import CST
 from tests.support.common import FIXTURES
 from yrdhub_demo import shipped, story
 

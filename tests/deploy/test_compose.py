@@ -75,9 +75,28 @@ def copied(stage: str) -> list[str]:
     for s in chain(stage):
         for keyword, args in s["steps"]:
             if keyword in ("COPY", "ADD"):
+                source_stage = copied_from(args)
                 words = [w for w in shlex.split(args) if not w.startswith("--")]
-                sources += words[:-1]
+                sources += copied(source_stage) if source_stage in STAGES else words[:-1]
     return sources
+
+
+def copied_from(args: str) -> str | None:
+    """The stage a COPY takes its files from (``--from=stage``), or None: the build context."""
+    return next((w.split("=", 1)[1] for w in shlex.split(args) if w.startswith("--from=")), None)
+
+
+def test_the_hubs_image_leaves_the_simulated_platforms_out():
+    """COPY cannot leave a folder out: the hub copies its source from a stage that deleted
+    settlement/simulated/, and copies no settlement/ of the build context itself."""
+    steps = [(k, a) for s in chain(hub_stage()) for k, a in s["steps"]]
+    stages = [copied_from(a) for k, a in steps if k == "COPY" and copied_from(a) in STAGES]
+    deleted = {path for stage in stages for s in chain(stage) for k, a in s["steps"]
+               if k == "RUN" and a.startswith("rm -rf ") for path in a.split()[2:]}
+    assert "settlement/simulated" in deleted
+    direct = [w for k, a in steps if k in ("COPY", "ADD") and copied_from(a) is None
+              for w in shlex.split(a)[:-1] if not w.startswith("--")]
+    assert [d for d in direct if d.strip("./").split("/")[0] == "settlement"] == []
 
 
 def test_every_hub_variable_is_a_setting_with_a_valid_value():

@@ -18,7 +18,7 @@ from sqlalchemy import update
 
 from hub.corrections import Corrections
 from hub.models import Correction
-from mappers.common import CST
+from mappers.region import CST
 from settlement.transfer import WorkCalendar, add_working_days, load_calendar
 from tests.support.portal import CHEN, LISI, session
 from tests.support.visits import OTHER, SH_H, ZJ_H, sh_visit, zj_visit

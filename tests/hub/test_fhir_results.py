@@ -416,7 +416,10 @@ def test_capability_statement_says_what_is_supported(hub, loaded):
     get_fhir_model_class("CapabilityStatement").model_validate(statement)
     rest = statement["rest"][0]
     by_type = {r["type"]: r for r in rest["resource"]}
-    assert set(by_type) == set(search.PARAMS) | {"AuditEvent"}
+    assert set(by_type) == set(search.PARAMS) | {"AuditEvent", "Subscription"}
+    assert [i["code"] for i in by_type["Subscription"]["interaction"]] == ["create", "read", "delete",
+                                                                             "search-type"]
+    assert loaded.get("/fhir/Subscription", params={"_count": "1"}).status_code == 400  # as it says
     encounter = by_type["Encounter"]
     assert {(p["name"], p["type"]) for p in encounter["searchParam"]} == {
         ("patient", "reference"), ("date", "date"), ("identifier", "token"), ("class", "token"),
@@ -429,7 +432,8 @@ def test_capability_statement_says_what_is_supported(hub, loaded):
         "_count", "_offset", "_sort", "_total", "_summary", "_elements", "_format"}
     values = {"date": "ge2000-01-01", "token": "x", "reference": "x", "number": "1",
               "_format": "json", "_summary": "count", "_total": "none", "_elements": "id"}
-    for resource in rest["resource"]:  # everything it declares is taken, nothing else is
+    for resource in (r for r in rest["resource"] if r["type"] != "Subscription"):
+        # everything it declares is taken, nothing else is
         values["_sort"] = search.sort_keys(resource["type"])[-1]
         for param in resource["searchParam"] + rest["searchParam"]:
             value = values.get(param["name"]) or values[param["type"]]

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from hub import api_models
 from hub.auth import create_token
 from hub.models import AuditRecord
-from settlement.simulator import start_simulators
+from settlement.simulated import start_simulators
 from tests.support.portal import start_hub
 from tests.support.activity import AH_H, JS_H, SH_BAD, ZJ_QUIRKS, drive
 from tests.support.settlement import QINGPU, XIHU

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from hub.masking import mask_address, mask_patient
 from mappers.address import fhir_address
-from mappers.regions import table
+from mappers.region import table
 
 
 @pytest.mark.parametrize("text, masked", [

@@ -1,4 +1,4 @@
-"""The GB/T 2260 table (mappers.regions) and the one address reader (mappers.address)."""
+"""The GB/T 2260 table (mappers.region) and the one address reader (mappers.address)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from importlib import resources
 import pytest
 
 from mappers.address import read_address
-from mappers.regions import division, full_name, is_current, province_division, table
+from mappers.region import division, full_name, is_current, province_division, table
 
 
 def test_the_table_names_its_source_and_holds_the_region():

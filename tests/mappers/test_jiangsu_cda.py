@@ -11,17 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mappers.common import (
-    ICD10_SYSTEM,
-    LOCAL_LAB_SYSTEM,
-    LOINC_SYSTEM,
-    PATIENT_REF,
-    RESIDENT_ID_SYSTEM,
-    ForeignSender,
-    MapResult,
-    UnreadableUpload,
-    make_id,
-)
+from mappers.common import (ICD10_SYSTEM, LOCAL_LAB_SYSTEM, LOINC_SYSTEM, PATIENT_REF, RESIDENT_ID_SYSTEM, MapResult, make_id)
+from mappers.errors import ForeignSender, UnreadableUpload
 from mappers.jiangsu_cda import CdaRecord, map_upload, stale_version_rejection
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "js"

@@ -7,7 +7,7 @@ import pytest
 from lxml import etree
 
 from mappers import secure_xml
-from mappers.common import UnreadableUpload
+from mappers.errors import UnreadableUpload
 from tests.support.common import FIXTURES
 
 ATTACKS = ("xxe.xml", "billion_laughs.xml", "external_dtd.xml")

@@ -12,23 +12,8 @@ from hypothesis import strategies as st
 
 from mappers import er7, hl7_ack
 from mappers import shanghai_hl7v2 as sh
-from mappers.common import (
-    DICOM_UID_SYSTEM,
-    HOSPITAL_PATIENT_NO_SYSTEM,
-    ICD10_SYSTEM,
-    IMAGING_REPORT_SYSTEM,
-    INSURANCE_CARD_SYSTEM,
-    LAB_REPORT_SYSTEM,
-    LOINC_SYSTEM,
-    OUTPATIENT_NO_SYSTEM,
-    PATIENT_REF,
-    RESIDENT_ID_SYSTEM,
-    ForeignSender,
-    UnreadableUpload,
-    hospital_reference,
-    make_id,
-    validate,
-)
+from mappers.common import (DICOM_UID_SYSTEM, HOSPITAL_PATIENT_NO_SYSTEM, ICD10_SYSTEM, IMAGING_REPORT_SYSTEM, INSURANCE_CARD_SYSTEM, LAB_REPORT_SYSTEM, LOINC_SYSTEM, OUTPATIENT_NO_SYSTEM, PATIENT_REF, RESIDENT_ID_SYSTEM, hospital_reference, make_id, validate)
+from mappers.errors import ForeignSender, UnreadableUpload
 from tests.support.hl7 import ack_segments
 
 ROOT = Path(__file__).resolve().parents[2]

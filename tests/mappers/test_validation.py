@@ -28,7 +28,8 @@ from pydantic import ValidationError
 
 from hub import search
 from mappers import validation
-from mappers.common import InvalidValue, validate
+from mappers.common import validate
+from mappers.errors import InvalidValue
 from tests.support.common import FIXTURES
 from tests.support.corpus import CHANNELS, resources
 

@@ -14,13 +14,9 @@ from fhir.resources.R4B import get_fhir_model_class
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mappers.common import (
-    DICOM_MODALITY_SYSTEM, HOSPITAL_PATIENT_NO_SYSTEM, HOSPITAL_SYSTEM, ICD10_SYSTEM,
-    INSURANCE_CARD_SYSTEM, LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM, LOINC_SYSTEM, NATIONAL_DRUG_SYSTEM,
-    OUTPATIENT_NO_SYSTEM, PASSPORT_SYSTEM, PATIENT_REF, PRACTITIONER_SYSTEM, PRESCRIPTION_SYSTEM,
-    RESIDENT_ID_SYSTEM, SNOMED_SYSTEM, ForeignSender, UnreadableUpload, make_id,
-    normalize_resident_id,
-)
+from mappers.common import (DICOM_MODALITY_SYSTEM, HOSPITAL_PATIENT_NO_SYSTEM, HOSPITAL_SYSTEM, ICD10_SYSTEM, INSURANCE_CARD_SYSTEM, LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM, LOINC_SYSTEM, NATIONAL_DRUG_SYSTEM, OUTPATIENT_NO_SYSTEM, PASSPORT_SYSTEM, PATIENT_REF, PRACTITIONER_SYSTEM, PRESCRIPTION_SYSTEM, RESIDENT_ID_SYSTEM, SNOMED_SYSTEM, make_id)
+from mappers.errors import ForeignSender, UnreadableUpload
+from mappers.region import normalize_resident_id
 from mappers.zhejiang_json import KNOWN_KEYS, map_upload, unknown_keys
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "zj"

@@ -1,4 +1,4 @@
-"""Area codes are checked against the GB/T 2260 table (mappers.regions): a settlement's
+"""Area codes are checked against the GB/T 2260 table (mappers.region): a settlement's
 insuplc_admdvs (422 with a reason), a transfer's to_admdvs, the hospitals' areas."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mappers.regions import division, is_current
+from mappers.region import division, is_current
 from settlement import rules
 from settlement.reference import default_reference
 from settlement.transfer import TransferError, check_request, region_places

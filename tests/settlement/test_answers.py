@@ -17,7 +17,7 @@ from datetime import datetime
 
 import pytest
 
-from mappers.common import CST
+from mappers.region import CST
 from settlement.schemas import Clearing, Reconciliation, SettlementPublic
 from tests.support.openapi import check_every_answer, round_trips
 from tests.support.platforms import platforms

@@ -19,9 +19,9 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from bench.settle import bill, make_persons, start_hub, tokens
-from settlement import simulator
-from settlement.simulator import PROVINCE_ADMDVS
+from settlement import simulated
+from settlement.simulated import PROVINCE_ADMDVS
+from tests.support.bills import bill, make_persons, start_hub, tokens
 from tests.support.common import free_port
 from tests.support.platforms import KINDS, SandboxPlatforms, SimulatorPlatforms, sandbox_persons
 
@@ -161,7 +161,7 @@ def check_agreement(sims, persons, calls, answers) -> None:
 def check_totals(sims, persons, live) -> None:
     """Each person's fund total and balance moved by exactly their live settlements."""
     for person in persons:
-        province = simulator.PROVINCE_OF_PREFIX[person["insuinfo"][0]["insuplc_admdvs"][:2]]
+        province = simulated.PROVINCE_OF_PREFIX[person["insuinfo"][0]["insuplc_admdvs"][:2]]
         now = sims.person_by_psn(province, person["psn_no"])
         mine = [e for e in live.values() if e["psn_no"] == person["psn_no"]]
         start = Decimal(str(person["accum"].get("2024", {}).get("fund_pay_accu", "0")))

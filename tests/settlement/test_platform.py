@@ -15,12 +15,12 @@ import httpx
 import orjson
 import pytest
 
-from mappers.common import CST
+from mappers.region import CST
 from settlement.platform import (
     NotSent, OutcomeUnknown, PlatformBusy, PlatformClient, PlatformError, PlatformNotConfigured, Refused,
-    client_from_env, new_msgid, parse_retry_after, province_of,
+    client_from_env, new_msgid, parse_retry_after, province_of_place,
 )
-from settlement.simulator import start_simulators
+from settlement.simulated import start_simulators
 
 LISI = "33042119850412002X"
 LIUYANG = "340104197506060010"
@@ -120,9 +120,10 @@ def test_envelope_is_built_as_specified():
 
 
 def test_province_routing_by_area_code():
-    assert [province_of(a) for a in ("310118", "320509", "330421", "340104", "ZJ")] == ["SH", "JS", "ZJ", "AH", "ZJ"]
-    with pytest.raises(ValueError):
-        province_of("440524")
+    assert [province_of_place(a) for a in ("310118", "320509", "330421", "340104", "ZJ")] == ["SH", "JS", "ZJ", "AH", "ZJ"]
+    for outside in ("440524", "H31010100001", "31", ""):  # a hospital code is not a place
+        with pytest.raises(ValueError):
+            province_of_place(outside)
 
 
 def test_unconfigured_province_raises_before_sending(sims):

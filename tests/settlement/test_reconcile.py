@@ -11,8 +11,8 @@ from decimal import Decimal
 from sqlalchemy import update
 
 from hub.db import writer
-from mappers.common import CST
-from settlement.clearing import PROVINCES, statement
+from mappers.region import CST, PROVINCES
+from settlement.clearing import statement
 from settlement.models import Settlement
 from settlement.platform import PlatformClient
 from tests.support.settlement import EXAMPLE_SPLIT, HUANGPU, LIUYANG, body

@@ -35,8 +35,8 @@ from settlement.reference import (
     ReferenceDataError,
     default_reference,
     load_reference,
-    province_of,
 )
+from mappers.region import province_of
 from settlement.rules import (
     REFUSALS,
     REQUEST_ERRORS,
@@ -622,14 +622,6 @@ def test_birth_date_from_certno_when_brdy_absent():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code, prefix", [
-    ("310000", "31"), ("320100", "3201"), ("310110", "310110"), ("330400", "3304"), ("000000", ""),
-    ("310100", "3101"),
-])
-def test_area_prefix(code, prefix):
-    assert rules.area_prefix(code) == prefix
-
-
 @pytest.mark.parametrize("birth, day, age", [
     ("1985-04-12", "2024-04-11", 38),  # day before the birthday
     ("1985-04-12", "2024-04-12", 39),  # the birthday
@@ -642,15 +634,6 @@ def test_area_prefix(code, prefix):
 ])
 def test_age_on(birth, day, age):
     assert rules.age_on(date.fromisoformat(birth), date.fromisoformat(day)) == age
-
-
-@pytest.mark.parametrize("value, rounded", [
-    ("0.225", "0.23"), ("0.235", "0.24"), ("1.6665", "1.67"), ("9.999", "10.00"), ("3091.515", "3091.52"),
-    ("2.004", "2.00"), ("-0.001", "0.00"), ("12", "12.00"),
-])
-def test_money_rounds_half_up(value, rounded):
-    result = rules.money(Decimal(value))
-    assert str(result) == rounded
 
 
 @pytest.mark.parametrize("ratio, adjustment, effective", [

@@ -151,7 +151,7 @@ def test_accum_conflict_recomputes_and_sends_a_new_message(shub, sims):
     import threading
     from datetime import datetime
 
-    from mappers.common import CST
+    from mappers.region import CST
     from settlement.platform import PlatformClient
 
     release = sims.hold_answers("ZJ", "1101")  # the hub's 1101 is processed, its answer held

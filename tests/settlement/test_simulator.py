@@ -11,8 +11,8 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from mappers.common import CST
-from settlement.simulator import start_simulators
+from mappers.region import CST
+from settlement.simulated import start_simulators
 from tests.support.waiting import wait_until
 
 LISI = "33042119850412002X"

@@ -13,7 +13,7 @@ from datetime import date, datetime
 
 import pytest
 
-from mappers.common import CST
+from mappers.region import CST
 from settlement.transfer import (TransferService, WorkCalendar, add_working_days, is_overdue, is_working_day,
                                  load_calendar, parse_calendar)
 from tests.support.portal import (CHEN, LISI, LIUYANG, QIANFANG_ZJ, SUNQIANG, WANGFANG, WUXIA, ZHANGWEI,

@@ -18,10 +18,10 @@ from sqlalchemy import update
 
 from hub.auth import create_token
 from hub.models import Correction
-from mappers.common import CST
+from mappers.region import CST
 from tests.support.common import FIXTURES
 from tests.support.portal import LISI, SUNQIANG, WANGFANG, session
-from tests.support.settlement import QINGPU, XIHU, body
+from tests.support.settlement import XIHU, body
 from tests.support.visits import OTHER, SH_H, ZJ_H, sh_visit, zj_visit
 from tests.support.waiting import wait_until
 

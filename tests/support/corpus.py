@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mappers import anhui_csv, er7, jiangsu_cda, shanghai_hl7v2, zhejiang_json
-from mappers.common import Record, UnreadableUpload
+from mappers.common import Record
+from mappers.errors import UnreadableUpload
 from tests.support.common import FIXTURES, PEERS
 
 _CUSTODIAN_RE = re.compile(rb"<representedCustodianOrganization>\s*<id [^>]*extension=\"(H\d+)\"")

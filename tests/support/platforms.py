@@ -2,11 +2,11 @@
 
 Two independent implementations of ``world/insurer-api.md``:
 
-- ``simulator``: the hub's own (``settlement.simulator``), in this process.
+- ``simulator``: the hub's own (``settlement.simulated``), in this process.
 - ``sandbox``: the provinces' integration sandbox (``shared/peers/insurer-sandbox/sandbox.py``),
   started as it is in a process of its own. The hub talks to it through a pass-through proxy
   per province that records what arrived and injects the same faults as the simulator
-  (``settlement.simulator.Faults``: next faults, rates, latency, maintenance), so that a test
+  (``settlement.simulated.Faults``: next faults, rates, latency, maintenance), so that a test
   states its faults once; what is committed, and how, is the sandbox's own business logic.
 
 Both answer the same questions (``urls``, ``received``, ``ledger``, ``settlements``, ``person``,
@@ -27,10 +27,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
+import orjson
 import pytest
 
-from settlement.simulator import (LEDGER_KINDS, PROVINCE_ADMDVS, Platform, Simulators, World, _Server,
+from settlement.simulated import (LEDGER_KINDS, PROVINCE_ADMDVS, Platform, ProvinceServer, Simulators, World,
                                   load_persons, start_simulators)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,20 +63,28 @@ class SimulatorPlatforms:
             platform.ledger = [e for e in platform.ledger if e.get("setl_id") != setl_id]
 
 
-class _Forwarder(_Server):
-    """The simulator's HTTP layer and fault injection, processing by passing the message on."""
+class _Forwarder(ProvinceServer):
+    """The simulator's HTTP layer and fault injection, processing by passing the message on
+    (an aiohttp client on the same loop: concurrent messages pass concurrently)."""
 
     def __init__(self, address: tuple[str, int], platform: Platform, upstream: str):
         super().__init__(address, platform)
         self.upstream = upstream
-        self.http = httpx.Client(timeout=60, trust_env=False)
+        self.http: aiohttp.ClientSession | None = None
 
-    def _process(self, platform: Platform, infno: str, body: bytes) -> tuple[int, dict]:
-        # Blocking on the proxies' loop: messages pass one at a time, which the tests' fault
-        # timing (next_faults, slow answers) does not depend on.
-        r = self.http.post(f"{self.upstream}/api/{infno}", content=body,
-                           headers={"Content-Type": "application/json"})
-        return r.status_code, r.json()
+    async def start(self) -> None:
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        await super().start()
+
+    async def close(self) -> None:
+        await super().close()
+        if self.http is not None:
+            await self.http.close()
+
+    async def _process(self, infno: str, body: bytes) -> tuple[int, dict]:
+        async with self.http.post(f"{self.upstream}/api/{infno}", data=body,
+                                  headers={"Content-Type": "application/json"}) as r:
+            return r.status, orjson.loads(await r.read())
 
 
 class SandboxPlatforms(Simulators):
@@ -161,11 +171,10 @@ class SandboxPlatforms(Simulators):
 
     def stop(self) -> None:
         super().stop()
-        for server in self.servers.values():
-            server.http.close()
         self.control.close()
         self.proc.terminate()
         self.proc.wait(10)
+        self.proc.stdout.close()  # the pipe its port was read from
         Path(self._seed.name).unlink(missing_ok=True)
 
 

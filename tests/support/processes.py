@@ -26,13 +26,16 @@ class ServedHub:
         return psutil.Process(self.process.pid).children(recursive=True)
 
 
-def serve(tmp_path: Path, map_workers: int = 2, timeout: float = 60.0) -> ServedHub:
-    """``python -m hub.cli serve`` (this checkout) on a temporary SQLite file, MLLP off, once it
-    answers ``/healthz`` and all its mapper processes and the resource tracker have started."""
+def serve(tmp_path: Path, map_workers: int = 2, timeout: float = 60.0,
+          database_url: str | None = None, mllp_port: int = 0,
+          env: dict | None = None) -> ServedHub:
+    """``python -m hub.cli serve`` (this checkout) on ``database_url`` (default: a temporary
+    SQLite file), MLLP on ``mllp_port`` (0: off), with ``env`` added to its environment, once
+    it answers ``/healthz`` and all its mapper processes and the resource tracker have started."""
     port = free_port()
-    env = {**os.environ, "YRDHUB_DATABASE_URL": f"sqlite:///{tmp_path}/hub.db",
-           "YRDHUB_MLLP_PORT": "0", "YRDHUB_MAP_WORKERS": str(map_workers),
-           "YRDHUB_LOG_JSON": "true", "YRDHUB_LOG_LEVEL": "INFO"}
+    env = {**os.environ, "YRDHUB_DATABASE_URL": database_url or f"sqlite:///{tmp_path}/hub.db",
+           "YRDHUB_MLLP_PORT": str(mllp_port), "YRDHUB_MAP_WORKERS": str(map_workers),
+           "YRDHUB_LOG_JSON": "true", "YRDHUB_LOG_LEVEL": "INFO", **(env or {})}
     log = tmp_path / "hub.log"
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(port)],

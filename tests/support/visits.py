@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from mappers.common import CST
+from mappers.region import CST
 from tests.support.common import FIXTURES
 
 RID = "33042119850412002X"

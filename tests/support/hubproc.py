@@ -1,5 +1,5 @@
-"""The hub as a separate process for benchmarks, so the load generator does not share its
-interpreter (and its GIL) with the hub it measures."""
+"""The hub as a separate process (``yrdhub serve``) for benchmarks and tests, so the load
+generator does not share its interpreter (and its GIL) with the hub it measures."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.common import ROOT
 
 
 def start(database_url: str, port: int, mllp_port: int = 0, extra_env: dict | None = None

@@ -1,9 +1,6 @@
-"""Simulated insurance platforms of the four provinces: real HTTP servers with fault injection.
-
-One HTTP/1.1 server per province, all four served by one asyncio event loop in a background
-thread (a listen backlog of 1024; a fixed latency or slow answer is a non-blocking wait, so
-hundreds of concurrent calls are served at once), implementing every transaction of
-``world/insurer-api.md`` with its per-province behaviour:
+"""One province's simulated platform: persons, accounts, ledgers and the handlers of every
+``infno`` of ``world/insurer-api.md``, with no HTTP here (``server`` serves it, ``faults`` decides
+what happens to a message on the wire).
 
 - SH, JS, ZJ keep each ``msgid`` for 72 h: the same ``msgid`` and input returns the first answer
   (whatever it was), the same ``msgid`` with another input is refused ``MSGID_REUSED``.
@@ -14,23 +11,13 @@ hundreds of concurrent calls are served at once), implementing every transaction
 - Transfers (4101/4102/4201/4103) are keyed by ``(infno, transfer_id)`` on every province: a repeat
   for the same transfer returns the first answer, under any ``msgid``.
 
-The platforms of one ``Simulators`` share one lock and one registry of coverage records (参保凭证),
+The platforms of one ``World`` share one lock and one registry of coverage records (参保凭证),
 so a destination can check the record an origin issued, and an origin knows when a destination
-has used it (a 4103 after that is refused ``CERT_INVALID``). Run all four in one process.
-
-Faults are set per province at runtime (``Simulators.set_faults`` or ``POST /_sim/faults``):
-fixed latency, slow answers, 503 (maintenance or random, with or without ``Retry-After``), abrupt
-connection resets before processing, answers dropped after processing, non-JSON answers, and a
-queue of faults for the next messages (``next_faults=["reset", "drop", ...]``) for exact tests.
-What the platform received (every arrival, faulted or not) and committed (the ledger) can be read
-back, and the ledger can be written to a JSON file after every change.
-
-``python -m settlement.simulator --host 127.0.0.1 --base-port 9101`` runs SH, JS, ZJ, AH on 9101..9104.
+has used it (a 4103 after that is refused ``CERT_INVALID``).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import copy
 import itertools
@@ -38,40 +25,32 @@ import json
 import logging
 import os
 import random
-import re
-import signal
-import socket
-import struct
 import threading
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from http import HTTPStatus
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
-from mappers.common import CST
+from mappers.region import CST, PROVINCE_ADMDVS, PROVINCE_OF_PREFIX, area_prefix, money_text
+from settlement.simulated.faults import Faults, Plan, draw
 
 log = logging.getLogger(__name__)
 
 # Province code -> its platform's own area code (insurer-api.md, first table).
-PROVINCE_ADMDVS: dict[str, str] = {"SH": "310000", "JS": "320000", "ZJ": "330000", "AH": "340000"}
-PROVINCE_OF_PREFIX: dict[str, str] = {v[:2]: k for k, v in PROVINCE_ADMDVS.items()}
 # Whether the platform keeps each msgid for 72 h (insurer-api.md). Data, not an if chain.
 DEDUPLICATES: dict[str, bool] = {"SH": True, "JS": True, "ZJ": True, "AH": False}
 DEDUP_WINDOW = timedelta(hours=72)
-DEFAULT_PERSONS = Path(__file__).resolve().parent.parent / "fixtures" / "persons.json"
+DEFAULT_PERSONS = Path(__file__).resolve().parents[2] / "fixtures" / "persons.json"
 TRANSFER_INFNOS = frozenset({"4101", "4102", "4201", "4103"})
 SPLIT_FIELDS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt",
                 "inscp_scp_amt", "act_pay_dedc", "hifp_pay", "acct_pay", "psn_cash_pay",
                 "fund_pay_sumamt")
 RECON_FIELDS = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")
-CENT = Decimal("0.01")
 
 # Refusal code -> the Chinese err_msg the platform sends with it.
 REFUSAL_MESSAGES: dict[str, str] = {
@@ -98,11 +77,6 @@ LEDGER_KINDS: dict[str, str] = {"2207": "settlement", "4101": "transfer_out", "4
                                 "4201": "transfer_in", "4103": "transfer_cancel"}
 # Transactions that may change a ledger (the file is rewritten after them only).
 CHANGES_STATE = frozenset({"2207", "2208", "2601", "4101", "4102", "4201", "4103"})
-# Busy answers: (processed first?). 429 and 503 turn the message away; 502 and 504 are what a
-# gateway says when the platform behind it took the message and did not answer in time.
-BUSY_FAULTS: dict[str, tuple[int, bool]] = {"503": (503, False), "429": (429, False),
-                                            "502": (502, True), "504": (504, True)}
-FAULT_KINDS = frozenset({"reset", "drop", "non_json", "slow", *BUSY_FAULTS})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,10 +90,6 @@ class SimRefusal(Exception):
     def __init__(self, code: str, detail: str = "", **extra: Any):
         super().__init__(code)
         self.code, self.detail, self.extra = code, detail, extra
-
-
-def money(value: Decimal) -> str:
-    return str(value.quantize(CENT, ROUND_HALF_UP))
 
 
 def parse_money(inp: dict, name: str) -> Decimal:
@@ -137,68 +107,12 @@ def required(inp: dict, *names: str) -> list[Any]:
     return [inp[n] for n in names]
 
 
-def area_prefix(code: str) -> str:
-    """``310000`` -> ``31``, ``320100`` -> ``3201``, ``310110`` unchanged (trailing 00 pairs)."""
-    while len(code) > 2 and code.endswith("00"):
-        code = code[:-2]
-    return code
-
-
 def canonical(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 def fmt_time(when: datetime) -> str:
     return when.astimezone(CST).strftime("%Y-%m-%d %H:%M:%S")
-
-
-# ---------------------------------------------------------------------------------------------
-# Faults
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Faults:
-    """Fault settings of one province. ``set_faults`` replaces them whole (unnamed: defaults).
-
-    Rates are probabilities per message. ``maintenance`` answers 503 to everything without
-    processing. ``fail_503_rate`` answers 503 without processing; both send ``Retry-After:
-    retry_after`` when it is set (maintenance: 60 when unset). ``reset_rate`` resets the connection
-    (TCP RST) after the request arrived, before processing. ``drop_answer_rate`` processes, then
-    resets instead of answering. ``non_json_rate`` processes, then answers 200 with an HTML page.
-    ``slow_rate`` delays the answer by ``slow_ms`` more (processing at once, or only then with
-    ``slow_before_processing``); ``latency_ms``: every answer leaves that long after its request
-    arrived (processed at once, then held), whatever processing took. ``next_faults`` is a queue
-    ("reset", "drop", "non_json", "slow", "503", "429" - not processed - or "502", "504" -
-    processed, then the gateway's error) applied to the next messages before any rate.
-    """
-
-    latency_ms: int = 0
-    slow_ms: int = 0
-    slow_rate: float = 0.0
-    slow_before_processing: bool = False
-    fail_503_rate: float = 0.0
-    retry_after: int | None = None
-    maintenance: bool = False
-    reset_rate: float = 0.0
-    drop_answer_rate: float = 0.0
-    non_json_rate: float = 0.0
-    seed: int | None = None
-    next_faults: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        unknown = set(self.next_faults) - FAULT_KINDS
-        if unknown:
-            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {sorted(FAULT_KINDS)}")
-
-
-@dataclass
-class Plan:
-    """What happens to one message: drawn when it arrives."""
-
-    kind: str | None = None  # one of FAULT_KINDS other than "slow", or None
-    slow: bool = False
-    maintenance: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,7 +261,7 @@ class Platform:
         """An answer as the national platform forms it, where the contract leaves the choice open:
         ``inf_refmsgid`` is the platform's own id (its area code, the time, a serial), never an
         echo of ``msgid``; the output comes first; fields the contract does not name ride along;
-        the Content-Type and the connection's fate differ by province (``_Server``). A client
+        the Content-Type and the connection's fate differ by province (``server``). A client
         that leans on anything else breaks here first."""
         now = self.world.now()
         answer: dict[str, Any] = {
@@ -386,8 +300,8 @@ class Platform:
 
     def _accum_out(self, person: dict, year: int) -> dict[str, Any]:
         acc = self._accum(person, year)
-        return {"year": year, "dedc_accu": money(acc["dedc_accu"]),
-                "fund_pay_accu": money(acc["fund_pay_accu"]), "version": acc["version"]}
+        return {"year": year, "dedc_accu": money_text(acc["dedc_accu"]),
+                "fund_pay_accu": money_text(acc["fund_pay_accu"]), "version": acc["version"]}
 
     # -- 1101 -------------------------------------------------------------------------------
 
@@ -406,7 +320,7 @@ class Platform:
         year = int(inp.get("year") or self.world.now().year)
         return {
             "baseinfo": {k: person[k] for k in ("psn_no", "psn_name", "gend", "brdy", "certno", "psn_cert_type")},
-            "insuinfo": [{k: (money(v) if k == "balc" else v) for k, v in ins.items() if k != "stop_date"}
+            "insuinfo": [{k: (money_text(v) if k == "balc" else v) for k, v in ins.items() if k != "stop_date"}
                          for ins in person["insuinfo"]],
             "accum": self._accum_out(person, year),
             "filing": [dict(f) for f in person["filing"]],
@@ -436,7 +350,7 @@ class Platform:
         if accum["version"] != version and not repeat:
             raise SimRefusal("ACCUM_CONFLICT", accum=self._accum_out(person, year))
         if split["acct_pay"] > coverage["balc"]:
-            raise SimRefusal("INSUFFICIENT_BALANCE", balc=money(coverage["balc"]))
+            raise SimRefusal("INSUFFICIENT_BALANCE", balc=money_text(coverage["balc"]))
         coverage["balc"] -= split["acct_pay"]
         accum["dedc_accu"] += split["act_pay_dedc"]
         accum["fund_pay_accu"] += split["hifp_pay"]
@@ -446,9 +360,9 @@ class Platform:
                              setl_time=setl_time, accum_year=year, status="settled",
                              mdtrtarea_admvs=env.get("mdtrtarea_admvs") or str(env.get("fixmedins_code", ""))[1:7],
                              fixmedins_code=env.get("fixmedins_code"),
-                             **{k: money(v) for k, v in split.items()})
+                             **{k: money_text(v) for k, v in split.items()})
         return {"setl_id": setl_id, "insurer_setl_id": entry["insurer_setl_id"],
-                "accum": self._accum_out(person, year), "balc": money(coverage["balc"])}
+                "accum": self._accum_out(person, year), "balc": money_text(coverage["balc"])}
 
     def _settlement_view(self, entry: dict) -> dict:
         keys = ("setl_id", "insurer_setl_id", "status", "setl_time", "mdtrt_id", *SPLIT_FIELDS)
@@ -488,7 +402,7 @@ class Platform:
             entry["void_answer"] = {
                 "setl_id": setl_id, "insurer_setl_id": insurer_setl_id, "status": "voided",
                 "accum": self._accum_out(person, entry["accum_year"]),
-                "balc": money(self._coverage(person, entry["insutype"])["balc"])}
+                "balc": money_text(self._coverage(person, entry["insutype"])["balc"])}
         return dict(entry["void_answer"])
 
     # -- 2601, 5205 -------------------------------------------------------------------------
@@ -540,7 +454,7 @@ class Platform:
         theirs = {f: parse_money(inp, f) for f in RECON_FIELDS}
         balanced = int(inp.get("setl_cnt", -1)) == len(mine) and theirs == totals
         return {"stmt_rslt": "0" if balanced else "1", "setl_cnt": len(mine),
-                **{f: money(v) for f, v in totals.items()}}
+                **{f: money_text(v) for f, v in totals.items()}}
 
     def _reconcile_detail(self, env: dict, inp: dict, repeat: bool) -> dict:
         mine = self._day_settlements(inp)
@@ -554,7 +468,7 @@ class Platform:
                                 **{f: entry[f] for f in RECON_FIELDS}})
                 continue
             matched.add(entry["setl_id"])
-            diff = {f: {"hub": money(Decimal(str(theirs.get(f, "0")))), "insurer": entry[f]}
+            diff = {f: {"hub": money_text(Decimal(str(theirs.get(f, "0")))), "insurer": entry[f]}
                     for f in RECON_FIELDS if Decimal(str(theirs.get(f, "0"))) != Decimal(entry[f])}
             if diff:
                 mismatch.append({"setl_id": entry["setl_id"], "insurer_setl_id": entry["insurer_setl_id"],
@@ -595,9 +509,9 @@ class Platform:
             "insu_months": int(person.get("insu_months", 0)), "acct_balc": coverage["balc"],
             "state": "issued", "fund_txn_id": None, "fund_state": None}
         self._commit("4101", env, transfer_id=transfer_id, cert_no=cert_no, psn_no=person["psn_no"],
-                     insutype=insutype, to_admdvs=to_admdvs, acct_balc=money(coverage["balc"]))
+                     insutype=insutype, to_admdvs=to_admdvs, acct_balc=money_text(coverage["balc"]))
         return {"cert_no": cert_no, "psn_no": person["psn_no"], "insu_months": int(person.get("insu_months", 0)),
-                "acct_balc": money(coverage["balc"]), "last_month": f"{now:%Y-%m}", "stop_date": now.date().isoformat()}
+                "acct_balc": money_text(coverage["balc"]), "last_month": f"{now:%Y-%m}", "stop_date": now.date().isoformat()}
 
     def _transfer_funds(self, env: dict, inp: dict, repeat: bool) -> dict:
         transfer_id, _cert_no, _to = required(inp, "transfer_id", "cert_no", "to_admdvs")
@@ -606,12 +520,12 @@ class Platform:
         if cert["state"] != "issued":
             raise SimRefusal("CERT_INVALID")
         if amount != cert["acct_balc"] or cert["fund_state"] == "moved":
-            raise SimRefusal("FUNDS_MISMATCH", acct_balc=money(cert["acct_balc"]))
+            raise SimRefusal("FUNDS_MISMATCH", acct_balc=money_text(cert["acct_balc"]))
         person = self._find(psn_no=cert["psn_no"])
         self._coverage(person, cert["insutype"])["balc"] -= amount
         fund_txn_id = f"FT{self.admdvs[:2]}{self.world.now():%Y%m%d}{self.world.next_no():06d}"
         cert.update(fund_txn_id=fund_txn_id, fund_state="moved")
-        self._commit("4102", env, transfer_id=transfer_id, cert_no=cert["cert_no"], amount=money(amount),
+        self._commit("4102", env, transfer_id=transfer_id, cert_no=cert["cert_no"], amount=money_text(amount),
                      fund_txn_id=fund_txn_id, psn_no=cert["psn_no"], insutype=cert["insutype"])
         return {"fund_txn_id": fund_txn_id}
 
@@ -648,7 +562,7 @@ class Platform:
         person["insu_months"] = int(person.get("insu_months", 0)) + insu_months
         cert["state"] = "used"
         self._commit("4201", env, transfer_id=transfer_id, cert_no=cert_no, psn_no=person["psn_no"],
-                     insutype=insutype, acct_balc=money(acct_balc), fund_txn_id=fund_txn_id)
+                     insutype=insutype, acct_balc=money_text(acct_balc), fund_txn_id=fund_txn_id)
         return {"psn_no": person["psn_no"], "begndate": today, "insu_months_total": person["insu_months"]}
 
     def _new_person(self, certno: str, psn_name: str) -> dict:
@@ -691,17 +605,7 @@ class Platform:
     def plan(self) -> Plan:
         """Draw what happens to the message that just arrived (under the lock: seeded order)."""
         with self.world.lock:
-            f = self.faults
-            if f.maintenance:
-                return Plan(maintenance=True)
-            if f.next_faults:
-                kind = f.next_faults.pop(0)
-                return Plan(slow=True) if kind == "slow" else Plan(kind=kind)
-            for kind, rate in (("503", f.fail_503_rate), ("reset", f.reset_rate),
-                               ("drop", f.drop_answer_rate), ("non_json", f.non_json_rate)):
-                if rate and self.rng.random() < rate:
-                    return Plan(kind=kind)
-            return Plan(slow=bool(f.slow_rate and self.rng.random() < f.slow_rate))
+            return draw(self.faults, self.rng)
 
     def note_received(self, infno: str, body: bytes) -> None:
         try:
@@ -727,470 +631,3 @@ class Platform:
             return copy.deepcopy(self.ledger)
 
 
-# ---------------------------------------------------------------------------------------------
-# HTTP (asyncio: one event loop in one thread serves every connection of the four platforms)
-# ---------------------------------------------------------------------------------------------
-
-API_PATH = re.compile(r"/api/(\d{4})")
-IDLE_TIMEOUT = 120.0  # an idle keep-alive connection is closed after this
-MAX_HEAD = 64 * 1024
-MAX_BODY = 16 * 1024 * 1024
-JSON_TYPE = "application/json; charset=utf-8"
-# Where the contract leaves the choice open the provinces differ: SH and JS send no charset in
-# Content-Type, and SH and AH close the connection after every answer (HTTP/1.0 style) while JS
-# and ZJ keep it alive.
-BARE_JSON_TYPE = {"SH": "application/json", "JS": "application/json"}
-CLOSE_AFTER_ANSWER = frozenset({"SH", "AH"})
-
-
-class _BadRequest(Exception):
-    """A request the server cannot read: answered 400, then the connection is closed."""
-
-
-@dataclass
-class _Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    keep_alive: bool
-    arrived: float = 0.0  # the loop's time when the head was read: latency counts from it
-
-
-@dataclass
-class _Response:
-    status: int
-    body: bytes = b""
-    content_type: str = JSON_TYPE
-    headers: dict[str, str] = field(default_factory=dict)
-    reset: bool = False  # close with a TCP RST instead of answering
-
-    def encode(self, keep_alive: bool) -> bytes:
-        """Status line, headers and body as one buffer: one send, so Nagle's algorithm and the
-        client's delayed ACK never hold the body back."""
-        try:
-            reason = HTTPStatus(self.status).phrase
-        except ValueError:
-            reason = ""
-        lines = [f"HTTP/1.1 {self.status} {reason}", f"Content-Type: {self.content_type}",
-                 f"Content-Length: {len(self.body)}", *(f"{k}: {v}" for k, v in self.headers.items())]
-        if not keep_alive:
-            lines.append("Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
-
-
-async def _sleep_until(when: float) -> None:
-    """Sleep until the loop's time ``when`` (not at all when it has passed)."""
-    delay = when - asyncio.get_running_loop().time()
-    if delay > 0:
-        await asyncio.sleep(delay)
-
-
-def _json(status: int, value: Any) -> _Response:
-    return _Response(status, orjson.dumps(value))
-
-
-def _abort_with_reset(transport: asyncio.BaseTransport) -> None:
-    """Close with a TCP RST (SO_LINGER 0): the client sees 'connection reset', no answer."""
-    sock = transport.get_extra_info("socket")
-    try:
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    transport.abort()
-
-
-async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
-    """The next request of a keep-alive connection; None when the client closed it."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial.strip():
-            raise _BadRequest("incomplete request head") from None
-        return None
-    except asyncio.LimitOverrunError:
-        raise _BadRequest("request head too long") from None
-    arrived = asyncio.get_running_loop().time()
-    lines = head.decode("latin-1").split("\r\n")
-    try:
-        method, target, version = lines[0].split(" ")
-    except ValueError:
-        raise _BadRequest("bad request line") from None
-    if not version.startswith("HTTP/1."):
-        raise _BadRequest("not HTTP/1.x")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise _BadRequest("bad header line")
-        headers[name.strip().lower()] = value.strip()
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        body = await _read_chunked(reader)
-    else:
-        try:
-            length = int(headers.get("content-length") or 0)
-        except ValueError:
-            raise _BadRequest("bad Content-Length") from None
-        if not 0 <= length <= MAX_BODY:
-            raise _BadRequest("bad Content-Length")
-        body = await reader.readexactly(length) if length else b""
-    connection = headers.get("connection", "").lower()
-    keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-    return _Request(method, urlsplit(target).path, headers, body, keep_alive, arrived)
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts, size = [], 0
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        try:
-            length = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise _BadRequest("bad chunk size") from None
-        if length == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                pass
-            return b"".join(parts)
-        size += length
-        if size > MAX_BODY:
-            raise _BadRequest("body too large")
-        parts.append(await reader.readexactly(length))
-        await reader.readexactly(2)
-
-
-class _Server:
-    """One province's platform over HTTP/1.1 with keep-alive, on the simulators' event loop.
-
-    The listening socket is bound at construction (OSError when the port is taken, listen
-    backlog 1024: 200 and more clients connect at once); ``start`` serves it on the loop. Fixed
-    latency and slow answers are non-blocking waits, so any number of calls wait at once.
-    """
-
-    request_queue_size = 1024
-
-    def __init__(self, address: tuple[str, int], platform: Platform, *, keep_alive: bool = True):
-        self.platform = platform
-        self.keep_alive = keep_alive  # False: every answer says Connection: close, then closes
-        self.json_type = BARE_JSON_TYPE.get(platform.province, JSON_TYPE)
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.socket.bind(address)
-            self.socket.listen(self.request_queue_size)
-            self.socket.setblocking(False)
-        except OSError:
-            self.socket.close()
-            raise
-        self.server_address = self.socket.getsockname()
-        self.connections: set[asyncio.Transport] = set()
-        self.tasks: set[asyncio.Task] = set()
-        self._server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, sock=self.socket,
-                                                  backlog=self.request_queue_size, limit=MAX_HEAD)
-
-    async def close(self) -> None:
-        """Stop listening, drop every connection, end every handler."""
-        if self._server is not None:
-            self._server.close()
-        else:
-            self.socket.close()
-        self.drop_connections()
-        for task in list(self.tasks):
-            task.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
-
-    def drop_connections(self) -> None:
-        for transport in list(self.connections):
-            transport.abort()
-
-    # -- one connection --------------------------------------------------------------------------
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        transport = writer.transport
-        task = asyncio.current_task()
-        self.connections.add(transport)
-        if task is not None:
-            self.tasks.add(task)
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(IDLE_TIMEOUT):
-                        request = await _read_request(reader)
-                except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
-                    return
-                except _BadRequest as exc:
-                    writer.write(_json(400, {"error": str(exc)}).encode(keep_alive=False))
-                    return
-                if request is None:
-                    return
-                response = await self._route(request)
-                if response.reset:
-                    _abort_with_reset(transport)
-                    return
-                keep_alive = request.keep_alive and self.keep_alive
-                writer.write(response.encode(keep_alive))
-                if not keep_alive:
-                    return
-                try:
-                    await writer.drain()
-                except ConnectionError:  # the client went away (it timed out): nothing to tell it
-                    return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s: connection failed", self.platform.province)
-        finally:
-            self.connections.discard(transport)
-            if task is not None:
-                self.tasks.discard(task)
-            if not transport.is_closing():
-                transport.close()
-
-    # -- routes ----------------------------------------------------------------------------------
-
-    async def _route(self, request: _Request) -> _Response:
-        platform = self.platform
-        log.debug("%s %s %s", platform.province, request.method, request.path)
-        if request.method == "GET":
-            views: dict[str, Callable[[], Any]] = {
-                "/_sim/ledger": platform.ledger_copy,
-                "/_sim/received": lambda: list(platform.received),
-                "/_sim/health": lambda: {"province": platform.province, "ok": True},
-            }
-            view = views.get(request.path)
-            return _json(404, {"error": "not found"}) if view is None else _json(200, view())
-        if request.method != "POST":
-            return _json(501, {"error": "unsupported method"})
-        if request.path == "/_sim/faults":
-            return self._control_faults(request.body)
-        match = API_PATH.fullmatch(request.path)
-        if match is None or match.group(1) not in platform.handlers:
-            return _json(404, {"infcode": -1, "err_msg": "未知交易", "output": {"err_code": "NO_SUCH_INFNO"}})
-        with platform.in_flight_call():
-            return await self._api(platform, match.group(1), request.body, request.arrived)
-
-    def _control_faults(self, body: bytes) -> _Response:
-        try:
-            self.platform.set_faults(**(orjson.loads(body) if body else {}))
-        except (TypeError, ValueError) as exc:
-            return _json(400, {"error": str(exc)})
-        return _json(200, {"ok": True})
-
-    async def _api(self, platform: Platform, infno: str, body: bytes, arrived: float) -> _Response:
-        """One platform call. ``latency_ms`` (and a slow answer's ``slow_ms``) count from the
-        request's arrival: the answer leaves then, whatever reading and processing took, so
-        that a fixed latency is what the caller sees (the benchmark subtracts it)."""
-        platform.note_received(infno, body)
-        plan, faults = platform.plan(), platform.faults
-        status, processed_first = (503, False) if plan.maintenance else BUSY_FAULTS.get(plan.kind, (0, False))
-        if status:
-            if processed_first:
-                self._process(platform, infno, body)
-            retry = faults.retry_after if faults.retry_after is not None else (60 if plan.maintenance else None)
-            headers = {"Retry-After": str(retry)} if retry is not None else {}
-            return _Response(status, "系统繁忙或维护中，请稍后再试".encode(), "text/plain; charset=utf-8", headers)
-        if plan.kind == "reset":
-            return _Response(0, reset=True)
-        answer_at = arrived + faults.latency_ms / 1000 + (faults.slow_ms / 1000 if plan.slow else 0.0)
-        if plan.slow and faults.slow_before_processing:
-            await _sleep_until(answer_at)
-        status, answer = self._process(platform, infno, body)
-        await _sleep_until(answer_at)
-        if (hold := platform.holds.get(infno)) is not None:
-            await hold.wait()
-        if plan.kind == "drop":
-            return _Response(0, reset=True)
-        if plan.kind == "non_json":
-            return _Response(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
-        return _Response(status, orjson.dumps(answer), self.json_type)
-
-    @staticmethod
-    def _process(platform: Platform, infno: str, body: bytes) -> tuple[int, dict]:
-        """Decode the envelope and run the transaction; a malformed envelope is 400."""
-        try:
-            envelope = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            envelope = None
-        if not isinstance(envelope, dict) or not envelope.get("msgid") or envelope.get("infno") != infno \
-                or len(str(envelope["msgid"])) > 30 or not isinstance(envelope.get("input", {}), dict):
-            return 400, {"infcode": -1, "err_msg": "报文格式错误", "output": {"err_code": "BAD_MESSAGE"}}
-        try:
-            return 200, platform.process(infno, envelope)
-        except Exception:  # a bug in the simulator: answer as a platform would, 500
-            log.exception("%s failed on %s", platform.province, infno)
-            return 500, {"infcode": -1, "err_msg": "系统内部错误", "output": {"err_code": "INTERNAL"}}
-
-
-# ---------------------------------------------------------------------------------------------
-# Running them
-# ---------------------------------------------------------------------------------------------
-
-
-class Simulators:
-    """The four running platforms, served by one event loop in a background thread.
-    ``urls[province]`` is each base URL."""
-
-    def __init__(self, world: World, servers: dict[str, _Server], host: str):
-        self.world, self.servers = world, servers
-        self.platforms = {p: s.platform for p, s in servers.items()}
-        self.urls = {p: f"http://{host}:{s.server_address[1]}" for p, s in servers.items()}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="simulators", daemon=True)
-        self._thread.start()
-        self._stopped = False
-        try:
-            self._on_loop(self._start_all(), timeout=10)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _on_loop(self, coro, timeout: float) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    async def _start_all(self) -> None:
-        for server in self.servers.values():
-            await server.start()
-
-    async def _close_all(self) -> None:
-        await asyncio.gather(*(server.close() for server in self.servers.values()), return_exceptions=True)
-
-    def env(self) -> dict[str, str]:
-        """The hub's configuration for these platforms: ``YRDHUB_INSURER_SH_URL`` and so on."""
-        return {f"YRDHUB_INSURER_{p}_URL": url for p, url in self.urls.items()}
-
-    def ledger(self, province: str) -> list[dict[str, Any]]:
-        """Committed settlements and transfer steps, oldest first, each with ``msgid`` and
-        ``commit_no`` (the n-th commit of that msgid: 2 means a resend committed again)."""
-        return self.platforms[province].ledger_copy()
-
-    def settlements(self, province: str, setl_id: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in self.ledger(province) if e["kind"] == "settlement"
-                and (setl_id is None or e["setl_id"] == setl_id)]
-
-    def received(self, province: str, infno: str | None = None, msgid: str | None = None) -> list[dict]:
-        """Every message that arrived (faulted or not): ``{"infno", "msgid", "at"}``."""
-        with self.world.lock:
-            return [dict(r) for r in self.platforms[province].received
-                    if (infno is None or r["infno"] == infno) and (msgid is None or r["msgid"] == msgid)]
-
-    def set_faults(self, province: str, **settings: Any) -> None:
-        """Replace the province's fault settings (see ``Faults``); unnamed settings reset."""
-        self.platforms[province].set_faults(**settings)
-
-    def clear_faults(self, province: str | None = None) -> None:
-        for p in [province] if province else list(self.platforms):
-            self.platforms[p].set_faults()
-
-    def set_latency(self, latency_ms: int, province: str | None = None) -> None:
-        """Answer every call after ``latency_ms`` (the benchmark's fixed latency); no other fault."""
-        for p in [province] if province else list(self.platforms):
-            self.platforms[p].set_faults(latency_ms=latency_ms)
-
-    def hold_answers(self, province: str, infno: str) -> Callable[[], None]:
-        """From now on, messages ``infno`` to ``province`` are processed as they arrive but
-        answered only once the returned function is called (tests: let another party act
-        between a message's processing and its answer, with no timing involved)."""
-        event = self.platforms[province].holds[infno] = asyncio.Event()
-
-        def release() -> None:
-            self.platforms[province].holds.pop(infno, None)
-            self._loop.call_soon_threadsafe(event.set)
-        return release
-
-    def max_in_flight(self, province: str) -> int:
-        return self.platforms[province].max_in_flight
-
-    def person(self, province: str, certno: str) -> dict[str, Any] | None:
-        """A copy of the platform's current record of a person (money as Decimal)."""
-        with self.world.lock:
-            found = self.platforms[province]._find(certno=certno)
-            return copy.deepcopy(found)
-
-    def stop(self) -> None:
-        """Stop listening, drop every connection (clients see them closed), end the loop."""
-        if self._stopped:
-            return
-        self._stopped = True
-        if self._loop.is_running():
-            try:
-                self._on_loop(self._close_all(), timeout=5)
-            except Exception:  # noqa: BLE001 - stopping anyway
-                log.exception("stopping the simulators")
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        if not self._thread.is_alive():
-            self._loop.close()
-        for server in self.servers.values():
-            server.socket.close()
-
-    def __enter__(self) -> Simulators:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def start_simulators(ports: dict[str, int] | None = None, persons_path: str | Path | None = None, *,
-                     host: str = "127.0.0.1", clock: Callable[[], datetime] | None = None,
-                     ledger_path: str | Path | None = None,
-                     close_after_answer: frozenset[str] = CLOSE_AFTER_ANSWER) -> Simulators:
-    """Start the four platforms (one event loop in a background thread) and return them running.
-
-    ``ports``: province -> port; absent or 0 picks a free port. ``persons_path``: the persons to
-    seed (default ``fixtures/persons.json``). ``clock``: the platforms' "now" (+08:00), for the
-    72 h window, token expiry and dates. ``ledger_path``: a JSON file rewritten after every
-    message with every province's ledger. ``close_after_answer``: the provinces that close the
-    connection after each answer (the rest keep it alive). Raises OSError when a port is taken.
-    """
-    world = World(clock=clock, ledger_path=ledger_path)
-    persons = load_persons(persons_path)
-    servers: dict[str, _Server] = {}
-    try:
-        for province in PROVINCE_ADMDVS:
-            platform = Platform(province, world, persons)
-            world.platforms[province] = platform
-            servers[province] = _Server((host, (ports or {}).get(province, 0)), platform,
-                                        keep_alive=province not in close_after_answer)
-    except OSError:
-        for server in servers.values():
-            server.socket.close()
-        raise
-    return Simulators(world, servers, host)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Simulated province insurance platforms (SH, JS, ZJ, AH)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--base-port", type=int, default=9101, help="SH on it, then JS, ZJ, AH")
-    parser.add_argument("--persons", default=None, help="persons JSON (default fixtures/persons.json)")
-    parser.add_argument("--ledger-file", default=None, help="write the ledgers to this JSON file")
-    parser.add_argument("--latency-ms", type=int, default=0, help="answer every call after N ms")
-    parser.add_argument("--keep-alive", action="store_true",
-                        help="every province keeps connections alive (default: SH and AH close them after each answer)")
-    args = parser.parse_args(argv)
-    from hub.cli import tune_gc
-
-    tune_gc()  # the collector's pauses would be the platforms' latency
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    ports = {p: args.base_port + i for i, p in enumerate(PROVINCE_ADMDVS)}
-    sims = start_simulators(ports, args.persons, host=args.host, ledger_path=args.ledger_file,
-                            close_after_answer=frozenset() if args.keep_alive else CLOSE_AFTER_ANSWER)
-    if args.latency_ms:
-        sims.set_latency(args.latency_ms)
-    for name, url in sims.env().items():
-        print(f"{name}={url}", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    sims.stop()
-
-
-if __name__ == "__main__":
-    main()

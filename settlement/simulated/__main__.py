@@ -1,0 +1,3 @@
+from settlement.simulated.cli import main
+
+main()
