@@ -26,6 +26,7 @@ from hub import api_models, arrivals, ingest, metrics, store, writer
 from hub.auth import Party, bearer_party, require_hospital
 from hub.errors import BadRequest
 from hub.models import MessageControl, Upload
+from mappers import er7, hl7_ack
 from mappers import shanghai_hl7v2 as sh
 
 log = structlog.get_logger("hub.hl7")
@@ -90,7 +91,7 @@ def _finish(conn, sender: str, fresh, upload_ids, put) -> dict[int, bytes]:
                    "errors": [e.location() + ": " + e.reason for e in mapped.errors],
                    "notes": mapped.result.notes, "set_aside": mapped.ack_code != "AA"}
         summaries.append({"w_id": upload_id, "summary": orjson.dumps(summary).decode()})
-        acks[n] = sh.build_ack(message, mapped.ack_code, mapped.errors, f"ACK{upload_id}")
+        acks[n] = hl7_ack.build_ack(message, mapped.ack_code, mapped.errors, f"ACK{upload_id}")
         if _controlled(mapped):
             controls.append({"sender": sender, "control_id": _controlled(mapped),
                              "upload_id": upload_id, "ack": acks[n], "received_at": now})
@@ -139,7 +140,7 @@ async def ingest_sh(request: Request, party: Party = Depends(bearer_party)) -> R
     """One message, several, or a batch: one ACK per message, in order."""
     sender = require_hospital(party)
     body = await ingest.read_body(request, request.app.state.settings.max_body_bytes)
-    messages = sh.split_messages(body)
+    messages = er7.split_messages(body)
     if not messages:
         raise BadRequest("empty body: no HL7 message")
     mapped = await asyncio.gather(*(ingest.off_loop(request.app, sh.map_message, m, sender)
@@ -156,7 +157,7 @@ async def ingest_sh(request: Request, party: Party = Depends(bearer_party)) -> R
 
 def msh4(message: bytes) -> str:
     """MSH-4 (sending facility, first component) read from the raw bytes; "" when absent."""
-    fields, enc = sh._raw_msh_fields(message)
+    fields, enc = er7.raw_msh_fields(message)
     value = fields[4] if len(fields) > 4 else ""
     return value.split(enc.component)[0].strip() if enc else ""
 
@@ -184,9 +185,9 @@ async def mllp_handler(app, message: bytes, peer_ip: str) -> bytes:
     sender = allowed_sender(app.state.mllp_rules, peer_ip, claimed)
     if sender is None:
         log.warning("mllp sender refused", peer=peer_ip, claimed=claimed)
-        error = sh.AckError("MSH", 1, 4, f"hospital {claimed or '(none)'} may not send from "
-                                        f"{peer_ip}", "207")
-        return sh.build_ack(message, "AR", [error], "REFUSED")
+        error = er7.AckError("MSH", 1, 4, f"hospital {claimed or '(none)'} may not send from "
+                                         f"{peer_ip}", "207")
+        return hl7_ack.build_ack(message, "AR", [error], "REFUSED")
     return await handle_message(app, sender, message, "mllp")
 
 

@@ -46,7 +46,7 @@ from settlement.models import Settlement
 from settlement.transfer_models import Transfer, TransferStep
 
 TOP_REASONS = 5
-REFUSED_STATES = ("refused", "invalid", "reversed")  # settlement.service.STATUS_OF_STATE
+REFUSED_STATES = ("refused", "invalid", "reversed")  # settlement.states.STATUS_OF_STATE
 SETTLEMENT_STATES = ("settled", "voided", *REFUSED_STATES)
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 A, AU, C = RecordArrival.__table__, AuditRecord.__table__, Correction.__table__

@@ -41,7 +41,8 @@ class _Oversize(Exception):
 
 def default_reject(head: bytes, reason: str) -> bytes:
     """An HL7 AR for a frame that cannot be handed to the handler (oversized, unframed)."""
-    from mappers.shanghai_hl7v2 import AckError, build_ack
+    from mappers.er7 import AckError
+    from mappers.hl7_ack import build_ack
 
     # Only the MSH line: a head cut mid-character would not decode as UTF-8.
     msh = head.split(b"\r", 1)[0] + b"\r" if b"\r" in head else b""

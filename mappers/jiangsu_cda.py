@@ -6,11 +6,12 @@ The format: ``world/formats/jiangsu-cda.md``.
 
 Order of checks, and what each failure becomes:
 
-1. Reading (``UnreadableUpload``, the hub answers 400): the encoding (a BOM, else the XML
-   declaration: UTF-8, or GB2312/GBK/GB18030 all read as GB18030, else UTF-8), then a scan of the
-   prolog that refuses any ``<!DOCTYPE`` (so every DTD, entity declaration, billion-laughs and
-   external-DTD attack) before any parser sees the bytes, then a parse with DTD loading, entity
-   resolution and network access off, then a refusal of XInclude elements. Nothing is ever resolved.
+1. Reading (``UnreadableUpload``, the hub answers 400), by ``mappers.secure_xml``: the encoding
+   (a BOM, else the XML declaration: UTF-8, or GB2312/GBK/GB18030 all read as GB18030, else
+   UTF-8), then a scan of the prolog that refuses any ``<!DOCTYPE`` (so every DTD, entity
+   declaration, billion-laughs and external-DTD attack) before any parser sees the bytes, then a
+   parse with DTD loading, entity resolution and network access off, then a refusal of XInclude
+   elements. Nothing is ever resolved. The root must be ``ClinicalDocument``.
 2. Kind (``UnreadableUpload``): a document that is not WS/T 500 at all (a C-CDA document, say) is
    refused naming its template. A WS/T 500 document of a kind the hub does not take (neither
    outpatient record C0002, imaging report C0006 nor lab report C0007) is a ``Rejection``.
@@ -39,6 +40,7 @@ from typing import Any, Iterator
 
 from lxml import etree
 
+from mappers import secure_xml
 from mappers.address import fhir_address
 from mappers.region import scrub as _scrub
 from mappers.common import (DICOM_MODALITIES, DICOM_MODALITY_SYSTEM, DICOM_UID_SYSTEM, ICD10_SYSTEM, IMAGING_REPORT_SYSTEM, LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM, LOINC_SYSTEM, NATIONAL_DRUG_SYSTEM, OUTPATIENT_NO_SYSTEM, PATIENT_REF, PRACTITIONER_SYSTEM, RESIDENT_ID_SYSTEM, SNOMED_SYSTEM, MapResult, Record, Rejection, clean, decimal_json, codeable_concept, department_concept, fhir_date, fhir_datetime, gbt_gender, hospital_organization, hospital_reference, interpretation, lab_value, make_id, parse_decimal, parse_when, reference_range, validate)
@@ -47,7 +49,6 @@ from mappers.region import normalize_resident_id
 
 HL7_NS = "urn:hl7-org:v3"
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
-XINCLUDE_NS = "http://www.w3.org/2001/XInclude"
 NS = {"h": HL7_NS}
 
 # Identifier roots of WS/T 500 (world/README.md "Identifiers" and the format file).
@@ -106,13 +107,6 @@ CCDA_TEMPLATES = {
     "2.16.840.1.113883.10.20.22.1.14": "C-CDA Referral Note",
     "2.16.840.1.113883.10.20.22.1.15": "C-CDA Care Plan",
     "2.16.840.1.113883.10.20.22.1.1": "C-CDA US Realm Header",
-}
-
-# Declared encodings -> the codec that reads them. GB2312 files often hold GBK-only characters.
-ENCODINGS = {
-    "utf-8": "utf-8", "utf8": "utf-8", "us-ascii": "utf-8", "ascii": "utf-8",
-    "gb2312": "gb18030", "gbk": "gb18030", "gb18030": "gb18030", "cp936": "gb18030",
-    "x-gbk": "gb18030", "euc-cn": "gb18030",
 }
 
 # Encounter type (2.16.156.10011.2.3.1.271) -> v3 ActCode class.
@@ -207,8 +201,6 @@ class FieldError(InvalidValue):
         self.location = location
 
 
-
-
 @contextmanager
 def _at(location: str) -> Iterator[None]:
     """Turn an InvalidValue raised inside into a FieldError at ``location`` (innermost wins)."""
@@ -248,124 +240,14 @@ def map_upload(body: bytes, sender: str) -> MapResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading: encoding, the prolog scan, the safe parse
+# Reading: the secure parse (mappers.secure_xml), then the root element
 # ---------------------------------------------------------------------------------------------
-
-_DECL_RE = re.compile(rb"^<\?xml[ \t\r\n][^<>]{0,300}?\?>")
-_ENCODING_RE = re.compile(rb"""encoding\s*=\s*["']([A-Za-z0-9._-]{1,40})["']""")
-
-
-def decode_body(body: bytes) -> str:
-    """The document as text, its XML declaration removed (lxml is then handed UTF-8).
-
-    A UTF-8 BOM wins over the declaration; UTF-16/32 BOMs are refused; a declared GB2312/GBK is
-    read as GB18030 (its superset). Undecodable bytes raise UnreadableUpload naming the offset.
-    """
-    if not body or not body.strip():
-        raise UnreadableUpload("empty body: expected a CDA document")
-    if body[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff") or body[:2] in (b"\xff\xfe",
-                                                                              b"\xfe\xff"):
-        raise UnreadableUpload("UTF-16/UTF-32 documents are not accepted: send UTF-8 or GBK")
-    codec, label = "utf-8", "UTF-8"
-    if body.startswith(b"\xef\xbb\xbf"):
-        body = body[3:]
-        declared = None
-    else:
-        declared = _declared_encoding(body)
-    if declared is not None:
-        if declared.lower() not in ENCODINGS:
-            raise UnreadableUpload(f"encoding {declared!r} is not accepted: "
-                                   "UTF-8, GB2312, GBK or GB18030")
-        codec, label = ENCODINGS[declared.lower()], declared.upper()
-    decl = _DECL_RE.match(body)
-    if decl:
-        body = body[decl.end():]
-    try:
-        return body.decode(codec)
-    except UnicodeDecodeError as exc:
-        offset = exc.start + (decl.end() if decl else 0)
-        raise UnreadableUpload(f"the body is not valid {label} (read as {codec}) at byte "
-                               f"{offset}") from None
-
-
-def _declared_encoding(body: bytes) -> str | None:
-    decl = _DECL_RE.match(body)
-    if not decl:
-        return None
-    m = _ENCODING_RE.search(decl.group(0))
-    return m.group(1).decode("ascii") if m else None
-
-
-_REFUSED = ("DTDs, entity declarations and external references are refused and never resolved")
-
-
-def check_prolog(text: str) -> None:
-    """Refuse a DOCTYPE (and any other markup declaration) before the root element.
-
-    Only whitespace, comments and processing instructions (``xml-stylesheet`` is never fetched)
-    may precede the root. Runs in one pass over the prolog, before any parser sees the text.
-    """
-    pos, n = 0, len(text)
-    while pos < n:
-        if text[pos].isspace():
-            pos += 1
-        elif text.startswith("<!--", pos):
-            end = text.find("-->", pos + 4)
-            if end < 0:
-                raise UnreadableUpload("unterminated comment before the root element")
-            pos = end + 3
-        elif text.startswith("<?", pos):
-            end = text.find("?>", pos + 2)
-            if end < 0:
-                raise UnreadableUpload("unterminated processing instruction before the root")
-            pos = end + 2
-        elif text.startswith("<!", pos):
-            what = (_describe_doctype(text, pos) if text[pos + 2:pos + 9].upper() == "DOCTYPE"
-                    else "a markup declaration")
-            raise UnreadableUpload(f"the document declares {what}: {_REFUSED}")
-        elif text[pos] == "<":
-            return
-        else:
-            raise UnreadableUpload("text before the root element: not an XML document")
-    raise UnreadableUpload("no root element: not an XML document")
-
-
-def _describe_doctype(text: str, pos: int) -> str:
-    """Name what a DOCTYPE brings (for the refusal), without ever reading what it points at."""
-    head = re.split(r"[\[>]", text[pos:pos + 2000], maxsplit=1)[0]
-    found = []
-    if "<!ENTITY" in text:
-        found.append("parameter entity declarations" if re.search(r"<!ENTITY\s+%", text)
-                     else "external entity declarations"
-                     if re.search(r"<!ENTITY[^>]*\b(SYSTEM|PUBLIC)\b", text)
-                     else "entity declarations")
-    if re.search(r"\b(SYSTEM|PUBLIC)\b", head):
-        found.append("an external DTD")
-    return "a DTD (<!DOCTYPE>" + (" with " + " and ".join(found) if found else "") + ")"
-
-
-def _parser() -> etree.XMLParser:
-    # A new parser per call: lxml parsers are not to be shared between threads.
-    return etree.XMLParser(resolve_entities=False, load_dtd=False, no_network=True,
-                           dtd_validation=False, huge_tree=False, remove_comments=True,
-                           remove_pis=True)
 
 
 def read_document(body: bytes) -> etree._Element:
-    """Bytes -> the ClinicalDocument element, or UnreadableUpload with the reason."""
-    text = decode_body(body)
-    check_prolog(text)
-    try:
-        root = etree.fromstring(text.encode("utf-8"), _parser())
-    except (etree.XMLSyntaxError, ValueError) as exc:
-        raise UnreadableUpload(f"not well-formed XML: {_scrub(str(exc))[:200]}") from None
-    docinfo = root.getroottree().docinfo
-    if docinfo.internalDTD is not None or docinfo.doctype or docinfo.system_url:
-        raise UnreadableUpload(f"the document declares a DTD: {_REFUSED}")
-    if next(root.iter(etree.Entity), None) is not None:
-        raise UnreadableUpload(f"the document uses entity references: {_REFUSED}")
-    if next(root.iter(f"{{{XINCLUDE_NS}}}*"), None) is not None:
-        raise UnreadableUpload(f"the document holds an XInclude: {_REFUSED}")
+    """Bytes -> the ClinicalDocument element, or UnreadableUpload with the reason (the secure
+    reading is ``mappers.secure_xml.parse``)."""
+    root = secure_xml.parse(body, "a CDA document")
     if root.tag != f"{{{HL7_NS}}}ClinicalDocument":
         raise UnreadableUpload(f"root element is {etree.QName(root).localname!r}, expected "
                                "ClinicalDocument in namespace urn:hl7-org:v3")

@@ -1,14 +1,13 @@
-"""上海 Shanghai: HL7 v2 (ER7) messages -> FHIR R4 records, and the HL7 ACK that answers them.
+"""上海 Shanghai: HL7 v2 (ER7) ADT and ORU messages -> FHIR R4 records.
 
-See ``world/formats/shanghai-hl7v2.md``. Pure: bytes in, records/rejections and ACK bytes out.
+See ``world/formats/shanghai-hl7v2.md``. Pure: bytes in, records/rejections out. Reading ER7
+(splitting a body into messages, tokens, escapes, character sets) is ``mappers.er7``; the ACK
+that answers a message is ``mappers.hl7_ack``.
 
 Entry points:
 
-- ``split_messages(body)`` - one HTTP body (one message, several in a row, or an FHS/BHS batch)
-  into single messages; BOM dropped, ``\\r\\n``/``\\n`` segment ends folded to ``\\r``.
 - ``map_message(message, sender)`` - one message -> ``MessageResult`` (ACK code, ERR list, records).
   Never raises: what is not HL7 is ``AR``, HL7 that cannot be mapped is ``AE`` with located errors.
-- ``build_ack(message, ack_code, errors, control_id_for_ack)`` - the ER7 ACK for it.
 - ``map_upload(body, sender)`` - the ``common`` mapper contract over a whole body (re-mapping the
   archived originals); AE/AR messages become Rejections.
 
@@ -31,27 +30,27 @@ import base64
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 from urllib.parse import quote
 
 from mappers.address import fhir_address
 from mappers.region import scrub as _scrub
 from mappers.common import (DICOM_MODALITY_SYSTEM, DICOM_UID_SYSTEM, DOCUMENT_SYSTEMS, HOSPITAL_PATIENT_NO_SYSTEM, ICD10_SYSTEM, IMAGING_REPORT_SYSTEM, INSURANCE_CARD_SYSTEM, INTERPRETATION_SYSTEM, INTERPRETATIONS, LAB_REPORT_SYSTEM, LOCAL_LAB_SYSTEM, LOINC_SYSTEM, OUTPATIENT_NO_SYSTEM, PATIENT_REF, PERSON_DOCUMENT_SYSTEMS, PRACTITIONER_SYSTEM, RESIDENT_ID_SYSTEM, SNOMED_SYSTEM, MapResult, Record, Rejection, decimal_json, department_concept, hospital_organization, hospital_reference, lab_value, make_id, parse_decimal, reference_range, validate)
+from mappers.er7 import (
+    AckError,
+    Er7Error,
+    Message,
+    Segment,
+    check_encoding_characters,
+    decode,
+    split_messages,
+)
 from mappers.errors import ForeignSender, InvalidValue, UnreadableUpload
 from mappers.region import division, normalize_resident_id
 
-BOM = b"\xef\xbb\xbf"
 # Versions the hub reads (MSH-12, major.minor): the format names 2.3-2.6, peers send up to 2.8.
 SUPPORTED_VERSIONS = frozenset({"2.3", "2.4", "2.5", "2.6", "2.7", "2.8"})
-ACK_VERSION = "2.5"
 RESIDENT_ID_OID = "2.16.156.10011.1.3"
-
-# MSH-18 character set -> Python codec, used only when the bytes are not UTF-8 (the format says
-# UTF-8; ASCII is a subset). Data, not an if chain.
-CHARSETS: dict[str, str] = {
-    "UNICODE UTF-8": "utf-8", "ASCII": "utf-8", "UNICODE": "utf-8",
-    "GB 18030-2000": "gb18030", "8859/1": "latin-1",
-}
 
 # ---------------------------------------------------------------------------------------------
 # Code tables (HL7 tables and the v2-to-FHIR concept maps in peers/v2-to-fhir-maps)
@@ -157,14 +156,6 @@ IMPRESSION_CODES = frozenset({"19005-8", "&IMP", "IMP", "121073"})
 TEXT_TYPES = frozenset({"ST", "TX", "FT"})
 SN_COMPARATORS: dict[str, str | None] = {"": None, "=": None, "<": "<", ">": ">", "<=": "<=",
                                          ">=": ">="}
-# HL7 table 0357 message error codes, for ERR-3.
-ERROR_CODES: dict[str, str] = {
-    "0": "Message accepted", "100": "Segment sequence error", "101": "Required field missing",
-    "102": "Data type error", "103": "Table value not found", "200": "Unsupported message type",
-    "201": "Unsupported event code", "202": "Unsupported processing id",
-    "203": "Unsupported version id", "207": "Application internal error",
-}
-
 _UID_RE = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 _SEGMENT_ID_RE = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _HOSPITAL_CODE_RE = re.compile(r"^H\d{11}$")
@@ -177,22 +168,6 @@ _CJK_RE = re.compile(r"[\u3400-\u9fff]")
 # ---------------------------------------------------------------------------------------------
 
 
-class AckError(NamedTuple):
-    """One ERR segment: where (segment id, its occurrence, field position) and why.
-
-    ``code`` is from HL7 table 0357. ``reason`` never holds a full resident ID number.
-    """
-
-    segment: str
-    sequence: int
-    field: int
-    reason: str
-    code: str = "207"
-
-    def location(self) -> str:
-        return f"{self.segment}[{self.sequence}]-{self.field}" if self.segment else "message"
-
-
 @dataclass
 class MessageResult:
     control_id: str
@@ -202,272 +177,6 @@ class MessageResult:
     ack_code: str
     errors: list[AckError] = field(default_factory=list)
     result: MapResult = field(default_factory=MapResult)
-
-
-class _MapError(Exception):
-    """A located reason why a unit cannot be mapped (becomes an ERR and a Rejection)."""
-
-    def __init__(self, error: AckError):
-        super().__init__(error.reason)
-        self.error = error
-
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Splitting and decoding
-# ---------------------------------------------------------------------------------------------
-
-
-def _segments_of(body: bytes) -> list[bytes]:
-    """Non-empty segment lines; BOM (also one per message in a concatenation) and line ends folded."""
-    if body.startswith(BOM):
-        body = body[len(BOM):]
-    lines = body.replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
-    out = []
-    for line in lines:
-        if line.startswith(BOM):
-            line = line[len(BOM):]
-        line = line.rstrip(b" \t\x00")
-        if line.strip():
-            out.append(line)
-    return out
-
-
-def _is_envelope(line: bytes) -> bool:
-    return line[:3] in (b"FHS", b"BHS", b"BTS", b"FTS") and not line[3:4].isalnum()
-
-
-def split_messages(body: bytes) -> list[bytes]:
-    """One body -> its messages, each ending in ``\\r``; FHS/BHS/BTS/FTS envelopes dropped.
-
-    Lines before the first MSH (garbage, a stray header) are kept together as one item of their
-    own so that it is answered AR rather than silently lost. An empty body gives ``[]``.
-    """
-    messages: list[list[bytes]] = []
-    preamble: list[bytes] = []
-    for line in _segments_of(body):
-        if _is_envelope(line):
-            continue
-        if line[:3] == b"MSH":
-            messages.append([line])
-        elif messages:
-            messages[-1].append(line)
-        else:
-            preamble.append(line)
-    out = [b"\r".join(preamble) + b"\r"] if preamble else []
-    return out + [b"\r".join(m) + b"\r" for m in messages]
-
-
-def _declared_charset(lines: list[bytes]) -> str | None:
-    """MSH-18 read from the raw MSH line (before the text is decoded)."""
-    msh = lines[0]
-    if len(msh) < 4:
-        return None
-    parts = msh.split(msh[3:4])
-    if len(parts) <= 17:
-        return None
-    return parts[17].decode("ascii", "replace").split(msh[4:5].decode("latin-1") or "^")[0].strip()
-
-
-def _decode(message: bytes) -> str:
-    """The message as text with ``\\r`` segment ends. Raises ``_MapError`` (AR) when it cannot."""
-    lines = _segments_of(message)
-    if not lines:
-        raise _MapError(AckError("", 0, 0, "empty message", "100"))
-    raw = b"\r".join(lines)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    codec = CHARSETS.get(_declared_charset(lines) or "")
-    if codec and codec != "utf-8":
-        try:
-            return raw.decode(codec)
-        except UnicodeDecodeError:
-            pass
-    raise _MapError(AckError("MSH", 1, 18, "message is not UTF-8 text (MSH-18 UNICODE UTF-8)",
-                             "102"))
-
-
-def _check_encoding_characters(text: str) -> None:
-    """MSH-1/MSH-2 must be 4 or 5 distinct, non-alphanumeric characters (``^~\\&`` or ``^~\\&#``)."""
-    if not text.startswith("MSH") or len(text) < 8:
-        raise _MapError(AckError("", 0, 0, "not an HL7 v2 message: it does not begin with MSH",
-                                 "100"))
-    field_sep = text[3]
-    end = text.find(field_sep, 4)
-    chars = text[4:end] if end != -1 else ""
-    allowed = field_sep + chars
-    if (
-        not 4 <= len(chars) <= 5
-        or len(set(allowed)) != len(allowed)
-        or any(c.isalnum() or c.isspace() for c in allowed)
-    ):
-        raise _MapError(AckError("MSH", 1, 2, "unsupported encoding characters in MSH-1/MSH-2",
-                                 "102"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading fields: every field is held as repetitions -> components -> subcomponents of raw
-# strings (never collapsed, so a field without components is not mistaken for its first
-# character, python-hl7's trap), and read through these helpers.
-# ---------------------------------------------------------------------------------------------
-
-Leaves = list[list[list[str]]]
-
-
-@dataclass(frozen=True)
-class _Encoding:
-    field: str
-    component: str
-    repetition: str
-    escape: str
-    subcomponent: str
-
-
-def _unescape(text: str, enc: _Encoding) -> str:
-    """HL7 escapes: ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``, ``\\.br\\`` (a newline), ``\\Xhh..\\`` (UTF-8 bytes).
-
-    ``\\H\\``/``\\N\\`` (highlighting) and other formatting commands are dropped; an unterminated
-    escape or a bad ``\\X\\`` is kept literally rather than failing the message.
-    """
-    esc = enc.escape
-    if esc not in text:
-        return text
-    simple = {"F": enc.field, "S": enc.component, "T": enc.subcomponent, "R": enc.repetition,
-              "E": esc, "H": "", "N": "", ".br": "\n", ".sp": "\n", ".fi": "", ".nf": "",
-              ".ce": "\n", ".in": "", ".ti": "", ".sk": " "}
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        if text[i] != esc:
-            out.append(text[i])
-            i += 1
-            continue
-        j = text.find(esc, i + 1)
-        if j == -1:
-            out.append(text[i:])
-            break
-        seq = text[i + 1:j]
-        if seq in simple:
-            out.append(simple[seq])
-        elif seq[:1] == "X" and len(seq) > 1:
-            try:
-                out.append(bytes.fromhex(seq[1:]).decode("utf-8", "replace"))
-            except ValueError:
-                out.append(text[i:j + 1])
-        elif seq[:3] in (".sp", ".in", ".ti", ".sk"):
-            out.append("\n" if seq.startswith(".sp") else "")
-        else:
-            out.append(text[i:j + 1])
-        i = j + 1
-    return "".join(out)
-
-
-def escape(text: str, enc: _Encoding | None = None) -> str:
-    """Text -> ER7 field content (separators and the escape character escaped, newlines as .br)."""
-    enc = enc or _Encoding("|", "^", "~", "\\", "&")
-    table = {enc.escape: f"{enc.escape}E{enc.escape}", enc.field: f"{enc.escape}F{enc.escape}",
-             enc.component: f"{enc.escape}S{enc.escape}",
-             enc.subcomponent: f"{enc.escape}T{enc.escape}",
-             enc.repetition: f"{enc.escape}R{enc.escape}", "\n": f"{enc.escape}.br{enc.escape}",
-             "\r": ""}
-    return "".join(table.get(c, c) for c in text)
-
-
-class _Segment:
-    """One segment: ``name``, ``seq`` (its occurrence among segments of that name, from 1)."""
-
-    def __init__(self, name: str, seq: int, fields: list[Leaves], enc: _Encoding):
-        self.name, self.seq, self.fields, self.enc = name, seq, fields, enc
-
-    def reps(self, n: int) -> Leaves:
-        """Field n (HL7 numbering; for MSH, n=3 is MSH-3) as raw leaves; [] when absent."""
-        return self.fields[n] if 0 < n < len(self.fields) else []
-
-    def text(self, n: int, comp: int = 1, sub: int = 1, rep: int = 1) -> str:
-        """The unescaped, stripped text at field.rep.comp.sub; "" when absent or HL7 null ``""``."""
-        reps = self.reps(n)
-        try:
-            value = reps[rep - 1][comp - 1][sub - 1]
-        except IndexError:
-            return ""
-        value = value.strip()
-        return "" if value == '""' else _unescape(value, self.enc).strip()
-
-    def comps(self, n: int, rep: int = 1) -> list[str]:
-        """Each component's text (subcomponents joined with the subcomponent separator)."""
-        reps = self.reps(n)
-        if len(reps) < rep:
-            return []
-        return [self.enc.subcomponent.join(_unescape(s, self.enc) for s in c).strip()
-                for c in reps[rep - 1]]
-
-    def rep_count(self, n: int) -> int:
-        return len(self.reps(n))
-
-    def raw(self, n: int) -> str:
-        """The whole field as sent (escapes resolved per leaf), for types we do not read."""
-        e = self.enc
-        return e.repetition.join(
-            e.component.join(e.subcomponent.join(_unescape(s, e) for s in c) for c in r)
-            for r in self.reps(n)).strip()
-
-    def err(self, n: int, reason: str, code: str = "102") -> _MapError:
-        return _MapError(AckError(self.name, self.seq, n, _scrub(reason), code))
-
-    def need(self, n: int, what: str, comp: int = 1) -> str:
-        value = self.text(n, comp)
-        if not value:
-            raise self.err(n, f"{self.name}-{n} {what} is empty", "101")
-        return value
-
-
-class _Message:
-    """A message split into segments, fields, repetitions, components and subcomponents.
-
-    Our own lean tokenizer, not ``hl7.parse``: a profile of ORU^R01 with ten OBX showed
-    python-hl7's parse and the reshaping of its containers at about a quarter of the mapping
-    time, and the mapper needs only the split. The text has already passed
-    ``_check_encoding_characters`` (MSH-1/MSH-2 are sane) and has ``\r`` segment ends; python-hl7
-    still reads MLLP frames (``hub/mllp.py``). The same tests, peers' messages included, cover it.
-    """
-
-    def __init__(self, text: str):
-        field_sep = text[3]
-        end = text.find(field_sep, 4)
-        chars = text[4:end] if end != -1 else text[4:].split("\r", 1)[0]
-        self.enc = _Encoding(field_sep, chars[0], chars[1], chars[2], chars[3])
-        self.segments: list[_Segment] = []
-        counts: dict[str, int] = {}
-        for line in text.split("\r"):
-            if not line.strip():
-                continue
-            parts = line.split(field_sep)
-            name = parts[0].strip()
-            counts[name] = counts.get(name, 0) + 1
-            if name == "MSH":  # MSH-1 is the separator itself, MSH-2 the encoding characters
-                fields = [[[[name]]], [[[field_sep]]], [[[parts[1] if len(parts) > 1 else ""]]]]
-                fields += [self._split(p) for p in parts[2:]]
-            else:
-                fields = [[[[name]]]] + [self._split(p) for p in parts[1:]]
-            self.segments.append(_Segment(name, counts[name], fields, self.enc))
-
-    def _split(self, value: str) -> Leaves:
-        enc = self.enc
-        return [[comp.split(enc.subcomponent) for comp in rep.split(enc.component)]
-                for rep in value.split(enc.repetition)]
-
-    @property
-    def msh(self) -> _Segment:
-        return self.segments[0]
-
-    def first(self, name: str) -> _Segment | None:
-        return next((s for s in self.segments if s.name == name), None)
-
-    def all(self, name: str) -> list[_Segment]:
-        return [s for s in self.segments if s.name == name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,7 +212,7 @@ def hl7_datetime(text: str) -> tuple[str, bool]:
     return f"{out}{zone[:3]}:{zone[3:]}", True
 
 
-def _when(seg: _Segment, n: int) -> str | None:
+def _when(seg: Segment, n: int) -> str | None:
     text = seg.text(n)
     if not text:
         return None
@@ -519,7 +228,7 @@ def _coding_system(name: str, default: str | None) -> str | None:
     return CODING_SYSTEMS.get(name.upper(), f"{GENERIC_CODING_SYSTEM}:{quote(name, safe='')}")
 
 
-def _codeable(seg: _Segment, n: int, rep: int = 1, default_system: str | None = None
+def _codeable(seg: Segment, n: int, rep: int = 1, default_system: str | None = None
               ) -> dict[str, Any] | None:
     """CE/CWE ``code^text^system^altCode^altText^altSystem^^^originalText`` -> CodeableConcept."""
     c = seg.comps(n, rep) + [""] * 9
@@ -548,7 +257,7 @@ def _quantity(number: Any, unit: dict[str, Any]) -> dict[str, Any]:
     return {"value": decimal_json(number), **unit}
 
 
-def _unit(seg: _Segment, n: int = 6) -> dict[str, Any]:
+def _unit(seg: Segment, n: int = 6) -> dict[str, Any]:
     """OBX-6 ``code^text^system`` -> Quantity unit fields (UCUM code only when it says UCUM)."""
     c = seg.comps(n) + ["", "", ""]
     unit = c[0] or c[1]
@@ -565,8 +274,8 @@ def _unit(seg: _Segment, n: int = 6) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _identifier(seg: _Segment, rep: int, hospital: str) -> dict[str, Any] | None:
-    """One PID-3 CX repetition -> Identifier. Raises ``_MapError`` for a bad resident ID."""
+def _identifier(seg: Segment, rep: int, hospital: str) -> dict[str, Any] | None:
+    """One PID-3 CX repetition -> Identifier. Raises ``Er7Error`` for a bad resident ID."""
     c = seg.comps(3, rep) + [""] * 6
     value, id_type = c[0], c[4].upper()
     if not value:
@@ -592,7 +301,7 @@ def _identifier(seg: _Segment, rep: int, hospital: str) -> dict[str, Any] | None
     return ident
 
 
-def _identifiers(pid: _Segment, hospital: str) -> list[dict[str, Any]]:
+def _identifiers(pid: Segment, hospital: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for rep in range(1, pid.rep_count(3) + 1):
         ident = _identifier(pid, rep, hospital)
@@ -605,7 +314,7 @@ def _identifiers(pid: _Segment, hospital: str) -> list[dict[str, Any]]:
     return out
 
 
-def _names(pid: _Segment) -> list[dict[str, Any]]:
+def _names(pid: Segment) -> list[dict[str, Any]]:
     """PID-5 ``family^given`` or the full name alone in the first component (never split)."""
     names = []
     for rep in range(1, pid.rep_count(5) + 1):
@@ -624,7 +333,7 @@ def _names(pid: _Segment) -> list[dict[str, Any]]:
     return names
 
 
-def _address(pid: _Segment, rep: int) -> dict[str, Any] | None:
+def _address(pid: Segment, rep: int) -> dict[str, Any] | None:
     """XAD as Address. A Chinese one is read by ``mappers.address`` from state, city, XAD-9
     (a district name or GB/T 2260 code) and the street lines (黄浦区南京东路1号); another keeps
     its parts as sent, with no district."""
@@ -645,7 +354,7 @@ def _address(pid: _Segment, rep: int) -> dict[str, Any] | None:
     return {k: v for k, v in address.items() if v is not None}
 
 
-def _telecoms(pid: _Segment) -> list[dict[str, Any]]:
+def _telecoms(pid: Segment) -> list[dict[str, Any]]:
     out = []
     for n in (13, 14):
         for rep in range(1, pid.rep_count(n) + 1):
@@ -669,8 +378,8 @@ def _telecoms(pid: _Segment) -> list[dict[str, Any]]:
     return out
 
 
-def _patient(pid: _Segment, hospital: str, notes: list[str]) -> dict[str, Any]:
-    """PID -> Patient (no id, no managingOrganization). Raises ``_MapError`` for bad fields."""
+def _patient(pid: Segment, hospital: str, notes: list[str]) -> dict[str, Any]:
+    """PID -> Patient (no id, no managingOrganization). Raises ``Er7Error`` for bad fields."""
     patient: dict[str, Any] = {"resourceType": "Patient",
                                "identifier": _identifiers(pid, hospital)}
     names = _names(pid)
@@ -696,7 +405,7 @@ def _patient(pid: _Segment, hospital: str, notes: list[str]) -> dict[str, Any]:
     return _valid(patient, pid, 3)
 
 
-def _valid(resource: dict[str, Any], seg: _Segment, n: int) -> dict[str, Any]:
+def _valid(resource: dict[str, Any], seg: Segment, n: int) -> dict[str, Any]:
     try:
         return validate(resource)
     except InvalidValue as exc:
@@ -715,7 +424,7 @@ class _Visit:
     number: str | None
 
 
-def _mr_number(pid: _Segment | None) -> str:
+def _mr_number(pid: Segment | None) -> str:
     if pid is None:
         return ""
     for rep in range(1, pid.rep_count(3) + 1):
@@ -724,7 +433,7 @@ def _mr_number(pid: _Segment | None) -> str:
     return ""
 
 
-def _visit(hospital: str, pv1: _Segment, pid: _Segment | None, fallback_time: str
+def _visit(hospital: str, pv1: Segment, pid: Segment | None, fallback_time: str
            ) -> _Visit | None:
     """The visit's record key and Encounter id (one scheme for ADT and ORU); None if unkeyable.
 
@@ -741,7 +450,7 @@ def _visit(hospital: str, pv1: _Segment, pid: _Segment | None, fallback_time: st
     return None
 
 
-def _practitioner(seg: _Segment, n: int, hospital: str) -> dict[str, Any] | None:
+def _practitioner(seg: Segment, n: int, hospital: str) -> dict[str, Any] | None:
     """XCN ``id^family^given`` -> Practitioner (id from hospital + staff id, else the name)."""
     staff, family, given = seg.text(n, 1), seg.text(n, 2), seg.text(n, 3)
     if not (staff or family or given):
@@ -760,9 +469,9 @@ def _practitioner(seg: _Segment, n: int, hospital: str) -> dict[str, Any] | None
     return _valid(practitioner, seg, n)
 
 
-def _encounter(pv1: _Segment, visit: _Visit, hospital: str
+def _encounter(pv1: Segment, visit: _Visit, hospital: str
                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """PV1 -> (Encounter, [Practitioner]). Raises ``_MapError`` for an unusable class or time."""
+    """PV1 -> (Encounter, [Practitioner]). Raises ``Er7Error`` for an unusable class or time."""
     cls = pv1.need(2, "patient class").upper()
     if cls not in PATIENT_CLASSES:
         raise pv1.err(2, f"PV1-2 patient class {cls!r} is not one of O/E/I/P (table 0004)", "103")
@@ -803,7 +512,7 @@ def _encounter(pv1: _Segment, visit: _Visit, hospital: str
 # ---------------------------------------------------------------------------------------------
 
 
-def _condition(dg1: _Segment, visit: _Visit, rank: int) -> tuple[dict[str, Any], dict | None]:
+def _condition(dg1: Segment, visit: _Visit, rank: int) -> tuple[dict[str, Any], dict | None]:
     """DG1 -> (Condition, Encounter.diagnosis entry)."""
     concept = _codeable(dg1, 3, default_system=None)
     description = dg1.text(4)
@@ -841,7 +550,7 @@ def _condition(dg1: _Segment, visit: _Visit, rank: int) -> tuple[dict[str, Any],
     return _valid(condition, dg1, 3), entry
 
 
-def _allergy(al1: _Segment, visit: _Visit, notes: list[str]) -> dict[str, Any]:
+def _allergy(al1: Segment, visit: _Visit, notes: list[str]) -> dict[str, Any]:
     allergen = _codeable(al1, 3)
     if allergen is None:
         raise al1.err(3, "AL1-3 allergen is empty", "101")
@@ -888,7 +597,7 @@ def _allergy(al1: _Segment, visit: _Visit, notes: list[str]) -> dict[str, Any]:
 
 @dataclass
 class _Context:
-    message: _Message
+    message: Message
     hospital: str
     trigger: str
     control_id: str
@@ -899,9 +608,9 @@ def _map_adt(ctx: _Context) -> tuple[list[Record], list[AckError]]:
     msg, hospital = ctx.message, ctx.hospital
     pid, pv1 = msg.first("PID"), msg.first("PV1")
     if pid is None:
-        raise _MapError(AckError("PID", 1, 0, "PID segment missing", "100"))
+        raise Er7Error(AckError("PID", 1, 0, "PID segment missing", "100"))
     if pv1 is None:
-        raise _MapError(AckError("PV1", 1, 0, "PV1 segment missing: the visit cannot be keyed",
+        raise Er7Error(AckError("PV1", 1, 0, "PV1 segment missing: the visit cannot be keyed",
                                  "100"))
     patient = _patient(pid, hospital, ctx.notes)
     visit = _visit(hospital, pv1, pid, msg.msh.text(7))
@@ -934,7 +643,7 @@ def _map_adt(ctx: _Context) -> tuple[list[Record], list[AckError]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _observation_value(obx: _Segment, value_type: str, unit: dict[str, Any], notes: list[str]
+def _observation_value(obx: Segment, value_type: str, unit: dict[str, Any], notes: list[str]
                        ) -> dict[str, Any]:
     """OBX-5 by OBX-2 (``value_type``, upper-cased) with OBX-6 (``unit``, from ``_unit``) ->
     Observation value[x] ({} when empty). Never raises for odd content."""
@@ -970,7 +679,7 @@ def _observation_value(obx: _Segment, value_type: str, unit: dict[str, Any], not
     return {"valueString": obx.raw(5)}
 
 
-def _text_value(obx: _Segment) -> str:
+def _text_value(obx: Segment) -> str:
     """ST/TX/FT: repetitions are lines; a stray component separator is kept as sent."""
     lines = [obx.enc.component.join(c for c in obx.comps(5, r))
              for r in range(1, obx.rep_count(5) + 1)]
@@ -991,7 +700,7 @@ def _range(low: str, high: str, unit: dict[str, Any]) -> dict[str, Any] | None:
     return {"valueRange": {"low": _quantity(lo, unit), "high": _quantity(hi, unit)}}
 
 
-def _structured_numeric(obx: _Segment, unit: dict[str, Any]) -> dict[str, Any]:
+def _structured_numeric(obx: Segment, unit: dict[str, Any]) -> dict[str, Any]:
     """SN ``comparator^num1^separator^num2``: ``<^0.5``, ``^7.2``, ``^10^-^20``, ``^1^:^128``."""
     c = [obx.text(5, i) for i in range(1, 5)]
     comparator, n1, sep, n2 = c
@@ -1020,7 +729,7 @@ def _structured_numeric(obx: _Segment, unit: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def _interpretations(obx: _Segment, notes: list[str]) -> list[dict[str, Any]]:
+def _interpretations(obx: Segment, notes: list[str]) -> list[dict[str, Any]]:
     out = []
     for rep in range(1, obx.rep_count(8) + 1):
         flag = obx.text(8, 1, 1, rep).upper()
@@ -1036,7 +745,7 @@ def _interpretations(obx: _Segment, notes: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _observation(obx: _Segment, value_type: str, report: "_Report", obs_id: str, kind: str,
+def _observation(obx: Segment, value_type: str, report: "_Report", obs_id: str, kind: str,
                  notes: list[str]) -> dict[str, Any]:
     """One OBX as an Observation; ``value_type`` is OBX-2 upper-cased (the caller has it)."""
     code = _codeable(obx, 3, default_system=LOCAL_LAB_SYSTEM)
@@ -1072,8 +781,8 @@ def _observation(obx: _Segment, value_type: str, report: "_Report", obs_id: str,
 
 @dataclass
 class _Report:
-    obr: _Segment
-    obxs: list[_Segment]
+    obr: Segment
+    obxs: list[Segment]
     number: str
     kind: str
     effective: str | None
@@ -1081,7 +790,7 @@ class _Report:
     observation_status: str
 
 
-def _report_kind(obr: _Segment, obxs: list[_Segment], sending_app: str) -> str:
+def _report_kind(obr: Segment, obxs: list[Segment], sending_app: str) -> str:
     """OBR-24 via table 0074, else inferred: a study UID, or a PACS/RIS sender, makes it RAD."""
     section = obr.text(24).upper()
     if section in SERVICE_SECTIONS:
@@ -1093,7 +802,7 @@ def _report_kind(obr: _Segment, obxs: list[_Segment], sending_app: str) -> str:
     return "LAB"
 
 
-def _study_uid(obx: _Segment) -> str | None:
+def _study_uid(obx: Segment) -> str | None:
     if obx.text(3) not in STUDY_UID_CODES or obx.text(3, 3).upper() not in ("DCM", ""):
         return None
     uid = obx.text(5)
@@ -1122,8 +831,8 @@ def _imaging_study(report: _Report, uid: str, hospital: str) -> dict[str, Any]:
     return study
 
 
-def _group_orders(msg: _Message) -> list[tuple[_Segment, list[_Segment]]]:
-    groups: list[tuple[_Segment, list[_Segment]]] = []
+def _group_orders(msg: Message) -> list[tuple[Segment, list[Segment]]]:
+    groups: list[tuple[Segment, list[Segment]]] = []
     for seg in msg.segments:
         if seg.name == "OBR":
             groups.append((seg, []))
@@ -1132,7 +841,7 @@ def _group_orders(msg: _Message) -> list[tuple[_Segment, list[_Segment]]]:
     return groups
 
 
-def _map_report(ctx: _Context, obr: _Segment, obxs: list[_Segment], patient: dict,
+def _map_report(ctx: _Context, obr: Segment, obxs: list[Segment], patient: dict,
                 encounter_ref: dict | None) -> Record:
     hospital = ctx.hospital
     number = obr.text(3) or obr.text(2)
@@ -1209,10 +918,10 @@ def _map_oru(ctx: _Context) -> tuple[list[Record], list[AckError]]:
     msg, hospital = ctx.message, ctx.hospital
     pid = msg.first("PID")
     if pid is None:
-        raise _MapError(AckError("PID", 1, 0, "PID segment missing", "100"))
+        raise Er7Error(AckError("PID", 1, 0, "PID segment missing", "100"))
     groups = _group_orders(msg)
     if not groups:
-        raise _MapError(AckError("OBR", 1, 0, "no OBR segment: nothing to map", "100"))
+        raise Er7Error(AckError("OBR", 1, 0, "no OBR segment: nothing to map", "100"))
     patient = _patient(pid, hospital, ctx.notes)
     pv1 = msg.first("PV1")
     encounter_ref = None
@@ -1225,7 +934,7 @@ def _map_oru(ctx: _Context) -> tuple[list[Record], list[AckError]]:
     for obr, obxs in groups:
         try:
             records.append(_map_report(ctx, obr, obxs, patient, encounter_ref))
-        except _MapError as exc:
+        except Er7Error as exc:
             errors.append(exc.error)
     return records, errors
 
@@ -1242,7 +951,7 @@ MAPPERS: dict[tuple[str, str], Callable[[_Context], tuple[list[Record], list[Ack
 # ---------------------------------------------------------------------------------------------
 
 
-def _header(msg: _Message) -> tuple[str, str, str, str, str]:
+def _header(msg: Message) -> tuple[str, str, str, str, str]:
     """(control id, sending facility, message code, trigger, version) from MSH."""
     msh = msg.msh
     code, trigger = msh.text(9, 1).upper(), msh.text(9, 2).upper()
@@ -1279,12 +988,12 @@ def _reject(code: str, errors: list[AckError], header: tuple[str, ...] = ("", ""
 
 def _map_message(message: bytes, sender: str) -> MessageResult:
     try:
-        text = _decode(message)
-        _check_encoding_characters(text)
-    except _MapError as exc:
+        text = decode(message)
+        check_encoding_characters(text)
+    except Er7Error as exc:
         return _reject("AR", [exc.error])
     try:
-        msg = _Message(text)
+        msg = Message(text)
     except Exception:  # noqa: BLE001 - last line of defence on garbage: AR, never a crash
         return _reject("AR", [AckError("", 0, 0, "not an HL7 v2 message: cannot be parsed",
                                        "100")])
@@ -1317,82 +1026,12 @@ def _map_message(message: bytes, sender: str) -> MessageResult:
     ctx = _Context(msg, sender, trigger, control_id)
     try:
         records, errors = mapper(ctx)
-    except _MapError as exc:
+    except Er7Error as exc:
         records, errors = [], [exc.error]
     result = _reject("AE" if errors else "AA", errors, header)
     result.result.records = records
     result.result.notes = [_scrub(n) for n in ctx.notes]
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# ACK
-# ---------------------------------------------------------------------------------------------
-
-_STANDARD = _Encoding("|", "^", "~", "\\", "&")
-
-
-def _raw_msh_fields(message: bytes | None) -> tuple[list[str], _Encoding | None]:
-    """The first MSH line's raw fields (index n = MSH-n) and its encoding, without python-hl7."""
-    if not message:
-        return [], None
-    try:
-        text = _decode(message)
-        _check_encoding_characters(text)
-    except _MapError:
-        return [], None
-    line = text.split("\r", 1)[0]
-    sep = line[3]
-    parts = line.split(sep)
-    chars = parts[1] + "\\&"  # pad a short MSH-2 to the defaults
-    enc = _Encoding(sep, chars[0], chars[1], chars[2], chars[3])
-    return ["MSH", sep, *parts[1:]], enc
-
-
-def _copy(fields: list[str], n: int, enc: _Encoding | None) -> str:
-    """MSH-n for the ACK, re-encoded in ``^~\\&`` when the original used other characters."""
-    if n >= len(fields) or enc is None:
-        return ""
-    value = fields[n]
-    if enc == _STANDARD:
-        return value
-    comps = value.split(enc.component)
-    return _STANDARD.component.join(escape(_unescape(c, enc)) for c in comps)
-
-
-def build_ack(message: bytes | None, ack_code: str, errors: list[AckError] | list[tuple],
-              control_id_for_ack: str, now: datetime | None = None) -> bytes:
-    """An ER7 ACK (UTF-8, segments ending ``\\r``) for ``message``.
-
-    MSH-3/4 and MSH-5/6 are the original's receiver and sender swapped, MSH-9 ``ACK^<trigger>^ACK``,
-    MSA-1 ``ack_code``, MSA-2 the original MSH-10, one ERR per error: ERR-2 ``SEG^seq^field``,
-    ERR-3 the table 0357 code, ERR-4 severity E, ERR-8 the reason. ``message`` may be None or
-    garbage (AR): the ACK then has empty addresses and MSA-2.
-    """
-    fields, enc = _raw_msh_fields(message)
-    msh9 = fields[9] if len(fields) > 9 else ""
-    trigger = msh9.split(enc.component)[1] if enc and enc.component in msh9 else ""
-    stamp = (now or datetime.now()).strftime("%Y%m%d%H%M%S")
-    original_id = _copy(fields, 10, enc)
-    processing = _copy(fields, 11, enc) or "P"
-    version = _copy(fields, 12, enc) or ACK_VERSION
-    msh = ["MSH", "^~\\&", _copy(fields, 5, enc) or "YRDHUB", _copy(fields, 6, enc),
-           _copy(fields, 3, enc), _copy(fields, 4, enc), stamp, "",
-           f"ACK^{escape(_unescape(trigger, enc)) if enc else ''}^ACK",
-           escape(control_id_for_ack), processing, version, "", "", "", "", "", "UNICODE UTF-8"]
-    segments = ["|".join(msh), "|".join(["MSA", escape(ack_code), original_id])]
-    for error in errors:
-        e = AckError(*error)
-        location = f"{e.segment}^{e.sequence}^{e.field}" if e.segment else ""
-        code = e.code if e.code in ERROR_CODES else "207"
-        reason = escape(_scrub(e.reason))
-        severity = "I" if ack_code == "AA" else "E"
-        # ERR-1 (ELD, read by v2.3/2.4 engines), ERR-2 location, ERR-3 code with the reason as
-        # its original text (CWE-9), ERR-4 severity, ERR-8 the reason for a person.
-        eld = f"{location}^{code}&{escape(ERROR_CODES[code])}" if location else ""
-        err3 = f"{code}^{ERROR_CODES[code]}^{V2_0357}^^^^^^{reason}"
-        segments.append("|".join(["ERR", eld, location, err3, severity, "", "", "", reason]))
-    return ("\r".join(segments) + "\r").encode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ class to its answer in one table (``hub.errors.ANSWERS``)::
         └── CancelTooLate        CANNOT_CANCEL
 
     SettlementError          a failure inside the service (never shown to a caller as it is)
-    └── RunnerLost           another runner took this settlement over (its lease lapsed)
+    ├── RunnerLost           another runner took this settlement over (its lease lapsed)
+    └── IllegalTransition    a state write settlement.states does not allow (a bug, refused unwritten)
 
     PlatformError (code, message; province, infno, msgid)   any failure of a platform call
     ├── PlatformNotConfigured  no base URL for that province: nothing sent
@@ -125,6 +126,10 @@ class CancelTooLate(TransferError):
 
 class SettlementError(Exception):
     """A failure inside the service (never shown to a caller as it is)."""
+
+
+class IllegalTransition(SettlementError):
+    """A state write ``settlement.states.TRANSITIONS`` does not hold: a bug, refused unwritten."""
 
 
 class RunnerLost(SettlementError):

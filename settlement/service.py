@@ -6,17 +6,8 @@ runner at a time (a lease on its row, renewed by every write); on start, and eve
 the service resumes every non-final settlement whose runner lease has lapsed (a crashed or
 killed hub).
 
-States (``settlement.state``); the caller sees ``STATUS_OF_STATE``::
-
-    received --1101, compute--> sending(msgid M) --2207 ok / DUPLICATE_SETL_ID--> settled
-       |  \\-- refusal (NOT_FILED, PERSON_NOT_FOUND, ...) --> refused       (final)
-       |   \\-- request breaks the rules (INSUPLC_MISMATCH) --> invalid     (final, 422)
-       \\-- deadline passed, nothing ever sent --> refused PLATFORM_UNAVAILABLE
-    sending --ACCUM_CONFLICT / INSUFFICIENT_BALANCE--> 1101, recompute, new msgid --> sending
-    sending --unknown outcome--> SH/JS/ZJ: resend M later (the platform deduplicates M)
-                                 AH: 5205(M) first: processed -> its answer; not -> new msgid
-    sending --deadline passed, outcome still unknown--> reversing --2601 every msgid--> reversed
-    settled --POST void--> voiding --2208--> voided
+States and transitions: ``settlement.states`` (the picture, and the table every state the driver
+writes is checked against).
 
 Exactly once rests on two facts of the contract: a platform commits a ``setl_id`` at most once
 for a *new* message (``DUPLICATE_SETL_ID`` otherwise, which the hub takes as committed), and only
@@ -30,7 +21,8 @@ waiter re-reads the totals. Where the lease lapses (another process, a slow plat
 platform's ``accum_version`` check (``ACCUM_CONFLICT``) still keeps the totals right.
 
     Raises (``settlement.errors``): NotPermitted, NotFound, Conflict, InvalidRequest,
-    PlatformUnavailable to the caller; RunnerLost (another runner took this settlement over) inside.
+    PlatformUnavailable to the caller; RunnerLost (another runner took this settlement over) and
+    IllegalTransition (a state write ``settlement.states`` does not allow: a bug) inside.
 
 No log line holds a resident ID number: the request body stays in the database.
 """
@@ -60,12 +52,13 @@ from sqlalchemy.pool import StaticPool
 from mappers.region import CST, money_text, province_of, scrub
 
 from .caller import Caller as Party
-from .errors import (Conflict, InvalidRequest, NotFound, NotPermitted, PlatformUnavailable, RunnerLost,  # noqa: F401
-                     SettlementError)
+from .errors import (Conflict, IllegalTransition, InvalidRequest, NotFound, NotPermitted,  # noqa: F401
+                     PlatformUnavailable, RunnerLost, SettlementError)
 from .models import Settlement, SettlementMsgid, SettlementPersonLease
 from .platform import PlatformClient, PlatformError, OutcomeUnknown, Refused, SPLIT_FIELDS, fmt_time, interpret
 from .reference import default_reference
 from .sqlite_loop import LoopConnection
+from .states import FINAL, INITIAL, OPEN, STATUS_OF_STATE, allowed
 from .storage import is_sqlite, writer
 from .rules import (PersonInfo, PersonInfoInvalid, Refusal, RequestInvalid, SettleRequest, compute_split,
                     select_coverage, validate_request)
@@ -76,18 +69,16 @@ T = Settlement.__table__
 LEASE = SettlementPersonLease.__table__
 MSGIDS = SettlementMsgid.__table__
 
-FINAL = frozenset({"settled", "refused", "invalid", "reversed", "voided"})
-STATUS_OF_STATE = {"received": "pending", "sending": "pending", "reversing": "pending", "voiding": "pending",
-                   "settled": "settled", "refused": "refused", "invalid": "refused", "reversed": "refused",
-                   "voided": "voided"}
-# The states a driver still has work in. Queries name them (IN) rather than exclude FINAL (NOT
-# IN): an IN is a few look-ups in ix_settlement_state, a NOT IN a scan of every settlement ever
-# made (the resume sweep runs every few seconds).
-OPEN = frozenset(STATUS_OF_STATE) - FINAL
 # Refusals after which the totals moved: re-read them (1101), recompute, send a new message.
 RECOMPUTE = frozenset({"ACCUM_CONFLICT", "INSUFFICIENT_BALANCE", "MSGID_REUSED", "MSG_REVERSED"})
 UNAVAILABLE = {"code": "PLATFORM_UNAVAILABLE",
                "message": "参保地平台在时限内未能确认结算，本次结算未扣费（已冲正），请全额垫付或稍后重新结算"}
+
+
+def check_transition(setl_id: str, before: str, after: str) -> None:
+    """Raise IllegalTransition unless the table allows ``before -> after``."""
+    if not allowed(before, after):
+        raise IllegalTransition(f"settlement {setl_id}: {before} -> {after} is not a transition")
 
 
 @dataclass(frozen=True)
@@ -554,6 +545,7 @@ class SettlementService:
         row = await self._row(setl_id)
         check_platform(party, row["mdtrtarea"])
         if row["state"] == "settled":
+            check_transition(row["setl_id"], "settled", "voiding")
             await self.store.run(self._op_request_void, row["setl_id"], self._msgid(row["fixmedins_code"]))
             row = await self._row(setl_id)
         elif row["state"] not in ("voiding", "voided"):
@@ -573,7 +565,7 @@ class SettlementService:
         now = utcnow()
         return {"setl_id": "YS" + uuid.uuid4().hex[:24].upper(), "fixmedins_code": request.fixmedins_code,
                 "request_key": request.request_key, "body_digest": digest(raw),
-                "body": orjson.dumps(raw).decode(), "state": "received", "mdtrtarea_admvs": hospital.admdvs,
+                "body": orjson.dumps(raw).decode(), "state": INITIAL, "mdtrtarea_admvs": hospital.admdvs,
                 "mdtrtarea": hospital.province, "insuplc_admdvs": request.insuplc_admdvs,
                 "insuplc": province_of(request.insuplc_admdvs), "insutype": request.insutype,
                 "mdtrt_id": request.mdtrt_id, "msgids": "[]", "attempts": 0, "conflicts": 0, "next_at": 0.0,
@@ -667,6 +659,8 @@ class SettlementService:
         return None
 
     async def _write(self, row: dict, values: dict, **kw: Any) -> dict:
+        if "state" in values:
+            check_transition(row["setl_id"], row["state"], values["state"])
         return await self.store.awrite(row, values, **kw)
 
     async def _finish(self, row: dict, state: str, **values: Any) -> tuple[dict, bool]:

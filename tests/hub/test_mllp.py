@@ -149,7 +149,8 @@ def test_handler_exception_closes_connection_but_not_server():
 
 @pytest.mark.parametrize("name", ["adt_a04.hl7", "oru_r01_lab.hl7"])
 def test_end_to_end_with_the_shanghai_mapper(name):
-    from mappers.shanghai_hl7v2 import build_ack, map_message
+    from mappers.hl7_ack import build_ack
+    from mappers.shanghai_hl7v2 import map_message
 
     async def handler(msg, ip):
         result = map_message(msg, "H31010100001")

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mappers import jiangsu_cda
 from mappers.common import (ICD10_SYSTEM, LOCAL_LAB_SYSTEM, LOINC_SYSTEM, PATIENT_REF, RESIDENT_ID_SYSTEM, MapResult, make_id)
 from mappers.errors import ForeignSender, UnreadableUpload
 from mappers.jiangsu_cda import CdaRecord, map_upload, stale_version_rejection
@@ -583,72 +582,11 @@ def test_inpatient_number_makes_an_inpatient_encounter():
     ("billion_laughs.xml", "entity declarations"),
     ("external_dtd.xml", "an external DTD"),
 ])
-def test_attacks_are_refused_before_the_parser_sees_them(name, what, monkeypatch):
-    def no_parse(*args, **kwargs):
-        raise AssertionError("the parser must not be reached")
-
-    monkeypatch.setattr(jiangsu_cda.etree, "fromstring", no_parse)
-    with pytest.raises(UnreadableUpload) as exc:
+def test_attacks_are_unreadable_uploads(name, what):
+    # How they are refused, and at which layer, is tests/mappers/test_secure_xml.py.
+    with pytest.raises(UnreadableUpload, match="never resolved") as exc:
         map_upload(raw(name), WUJIANG)
     assert f"declares a DTD (<!DOCTYPE> with {what})" in str(exc.value)
-    assert "never resolved" in str(exc.value)
-    assert "root:" not in str(exc.value) and "lollol" not in str(exc.value)
-
-
-@pytest.mark.parametrize("name", ATTACKS)
-def test_attacks_are_still_refused_if_the_prolog_scan_were_bypassed(name, monkeypatch):
-    # Defence in depth: the parser itself resolves nothing and the DTD is seen after parsing.
-    monkeypatch.setattr(jiangsu_cda, "check_prolog", lambda text: None)
-    with pytest.raises(UnreadableUpload) as exc:
-        map_upload(raw(name), WUJIANG)
-    assert "DTD" in str(exc.value) or "entity" in str(exc.value)
-    assert "root:" not in str(exc.value) and "lollol" not in str(exc.value)
-
-
-def test_the_parser_itself_resolves_no_external_entity():
-    # Below the prolog scan: the external entity stays an unresolved reference node...
-    text = raw("xxe.xml").decode().split("?>", 1)[1]
-    root = jiangsu_cda.etree.fromstring(text.encode(), jiangsu_cda._parser())
-    name = root.find(".//h:patient/h:name", jiangsu_cda.NS)
-    assert name.text is None and [type(c).__name__ for c in name] == ["_Entity"]
-    # ...and the billion laughs are stopped by the parser rather than expanded.
-    text = raw("billion_laughs.xml").decode().split("?>", 1)[1]
-    with pytest.raises(jiangsu_cda.etree.XMLSyntaxError, match="amplification"):
-        jiangsu_cda.etree.fromstring(text.encode(), jiangsu_cda._parser())
-
-
-@pytest.mark.parametrize("prolog,reason", [
-    ('<!-- exported by HIS -->\n<!DOCTYPE x [<!ENTITY % p SYSTEM "http://e.invalid/p">%p;]>\n',
-     "parameter entity declarations"),
-    ("<!doctype ClinicalDocument>\n", "DTD"),
-    ("<![CDATA[x]]>\n", "markup declaration"),
-])
-def test_other_dtd_forms_are_refused(prolog, reason):
-    text = raw("outpatient.xml").decode()
-    decl, rest = text.split("?>\n", 1)
-    with pytest.raises(UnreadableUpload, match=reason):
-        map_upload((decl + "?>\n" + prolog + rest).encode(), WUJIANG)
-
-
-def test_xinclude_is_refused():
-    body = variant("outpatient.xml", "<name>周建国</name>",
-                   '<name><xi:include xmlns:xi="http://www.w3.org/2001/XInclude" '
-                   'href="file:///etc/passwd" parse="text"/></name>')
-    with pytest.raises(UnreadableUpload, match="XInclude"):
-        map_upload(body, WUJIANG)
-
-
-def test_an_undeclared_entity_reference_is_not_well_formed():
-    body = variant("outpatient.xml", "<name>周建国</name>", "<name>&xxe;</name>")
-    with pytest.raises(UnreadableUpload, match="not well-formed"):
-        map_upload(body, WUJIANG)
-
-
-def test_parse_errors_never_quote_a_resident_id_in_full():
-    body = variant("outpatient.xml", '<name>周建国</name>', "<name>320509197811230012</nam>")
-    with pytest.raises(UnreadableUpload) as exc:
-        map_upload(body, WUJIANG)
-    assert "320509197811230012" not in str(exc.value)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,9 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mappers import er7, hl7_ack
 from mappers import shanghai_hl7v2 as sh
 from mappers.common import (DICOM_UID_SYSTEM, HOSPITAL_PATIENT_NO_SYSTEM, ICD10_SYSTEM, IMAGING_REPORT_SYSTEM, INSURANCE_CARD_SYSTEM, LAB_REPORT_SYSTEM, LOINC_SYSTEM, OUTPATIENT_NO_SYSTEM, PATIENT_REF, RESIDENT_ID_SYSTEM, hospital_reference, make_id, validate)
 from mappers.errors import ForeignSender, UnreadableUpload
+from tests.support.hl7 import ack_segments
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures" / "sh"
@@ -45,15 +47,6 @@ def of_type(record, kind: str) -> list[dict]:
 def by_code(record, code: str) -> dict:
     return next(o for o in of_type(record, "Observation")
                 if any(c.get("code") == code for c in o["code"].get("coding", [])))
-
-
-def ack_segments(ack: bytes) -> dict[str, list[list[str]]]:
-    assert ack.endswith(b"\r")
-    out: dict[str, list[list[str]]] = {}
-    for seg in ack.decode("utf-8").split("\r")[:-1]:
-        fields = seg.split("|")
-        out.setdefault(fields[0], []).append(fields)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +215,7 @@ def test_bad_resident_id_is_ae_and_the_number_never_appears():
     assert result.ack_code == "AE" and result.result.records == []
     error = result.errors[0]
     assert error[:3] == ("PID", 1, 3) and "check character" in error.reason
-    ack = sh.build_ack(fixture("bad_id.hl7"), "AE", result.errors, "A1", now=NOW)
+    ack = hl7_ack.build_ack(fixture("bad_id.hl7"), "AE", result.errors, "A1", now=NOW)
     assert b"310101199003071231" not in ack
     for rejection in result.result.rejected:
         assert "310101199003071231" not in rejection.reason + rejection.location
@@ -448,56 +441,25 @@ def test_escapes_in_text():
     assert observations[1]["valueString"] == "A&B 正常"
 
 
-@pytest.mark.parametrize("raw, text", [
-    ("a\\F\\b", "a|b"), ("a\\S\\b", "a^b"), ("a\\T\\b", "a&b"), ("a\\R\\b", "a~b"),
-    ("a\\E\\b", "a\\b"), ("x\\.br\\y", "x\ny"), ("\\XE4B8AD\\", "中"), ("\\H\\粗\\N\\", "粗"),
-    ("unterminated \\F", "unterminated \\F"), ("bad \\XZZ\\ hex", "bad \\XZZ\\ hex"),
-])
-def test_unescape(raw, text):
-    assert sh._unescape(raw, sh._STANDARD) == text
-
-
-def test_escape_round_trips():
-    text = "a|b^c&d~e\\f\ng"
-    assert sh._unescape(sh.escape(text), sh._STANDARD) == text
-
-
 def test_bom_and_crlf():
-    assert fixture("crlf_bom.hl7").startswith(sh.BOM) and b"\r\n" in fixture("crlf_bom.hl7")
+    assert fixture("crlf_bom.hl7").startswith(er7.BOM) and b"\r\n" in fixture("crlf_bom.hl7")
     record = only_record(mapped("crlf_bom.hl7", QP))
     assert record.patient["name"][0]["text"] == "赵敏"
+
+
+def test_a_batch_maps_every_message_in_it():
+    results = [sh.map_message(m, PD) for m in er7.split_messages(fixture("batch.hl7"))]
+    assert [r.ack_code for r in results] == ["AA", "AA", "AA"]
+    assert [r.message_type for r in results] == ["ADT^A04", "ORU^R01", "ADT^A08"]
+
+
+def test_leading_garbage_is_ar():
+    assert sh.map_message(b"hello\r", HP).ack_code == "AR"
 
 
 def test_lf_only_segment_ends():
     message = fixture("adt_a04.hl7").replace(b"\r", b"\n")
     assert only_record(sh.map_message(message, HP)).key == f"{HP}|MZ2024031500077"
-
-
-def test_split_batch_drops_envelopes():
-    messages = sh.split_messages(fixture("batch.hl7"))
-    assert len(messages) == 3
-    assert all(m.startswith(b"MSH|") and m.endswith(b"\r") for m in messages)
-    assert not any(seg[:3] in (b"FHS", b"BHS", b"BTS", b"FTS")
-                   for m in messages for seg in m.split(b"\r"))
-    results = [sh.map_message(m, PD) for m in messages]
-    assert [r.ack_code for r in results] == ["AA", "AA", "AA"]
-    assert [r.message_type for r in results] == ["ADT^A04", "ORU^R01", "ADT^A08"]
-
-
-def test_split_messages_one_after_another_with_boms_and_mixed_line_ends():
-    body = fixture("adt_a04.hl7") + fixture("crlf_bom.hl7") + fixture("adt_a01.hl7").replace(
-        b"\r", b"\n")
-    messages = sh.split_messages(body)
-    assert [m.split(b"|")[9] for m in messages] == [b"MSG0000123", b"QP0000000789",
-                                                    b"XH20240402000391"]
-    assert all(b"\n" not in m for m in messages)
-
-
-def test_split_keeps_leading_garbage_as_its_own_item():
-    messages = sh.split_messages(b"hello\r" + fixture("adt_a04.hl7"))
-    assert messages[0] == b"hello\r" and len(messages) == 2
-    assert sh.map_message(messages[0], HP).ack_code == "AR"
-    assert sh.split_messages(b"") == []
 
 
 @pytest.mark.parametrize("version", ["2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8"])
@@ -568,70 +530,6 @@ def test_hl7_datetime():
 
 
 # ---------------------------------------------------------------------------------------------
-# ACKs
-# ---------------------------------------------------------------------------------------------
-
-
-def test_aa_ack():
-    message = fixture("adt_a04.hl7")
-    ack = sh.build_ack(message, "AA", [], "ACK0001", now=NOW)
-    segs = ack_segments(ack)
-    msh = segs["MSH"][0]
-    assert msh[1] == "^~\\&"
-    assert msh[2:6] == ["YRDHUB", "YRD", "HIS", HP]  # sending/receiving swapped
-    assert msh[6] == "20240315093005"
-    assert msh[8] == "ACK^A04^ACK" and msh[9] == "ACK0001" and msh[11] == "2.5"
-    assert msh[17] == "UNICODE UTF-8"
-    assert segs["MSA"] == [["MSA", "AA", "MSG0000123"]]
-    assert "ERR" not in segs
-
-
-def test_ae_ack_names_segment_field_and_reason():
-    result = mapped("bad_id.hl7")
-    segs = ack_segments(sh.build_ack(fixture("bad_id.hl7"), result.ack_code, result.errors, "A2"))
-    assert segs["MSA"] == [["MSA", "AE", "MSG0000199"]]
-    [err] = segs["ERR"]
-    assert err[2] == "PID^1^3"
-    assert err[3].startswith("102^Data type error^HL70357")
-    assert err[4] == "E"
-    assert "check character" in err[8] and "check character" in err[3]
-    assert err[1].startswith("PID^1^3^102")
-
-
-def test_ae_ack_for_unsupported_type():
-    message = fixture("adt_a04.hl7").replace(b"ADT^A04^ADT_A01", b"ADT^A60^ADT_A60")
-    result = sh.map_message(message, HP)
-    segs = ack_segments(sh.build_ack(message, result.ack_code, result.errors, "A3"))
-    assert segs["MSH"][0][8] == "ACK^A60^ACK"
-    assert segs["ERR"][0][2] == "MSH^1^9" and segs["ERR"][0][3].startswith("201^")
-    assert "message type ADT^A60 not supported" in sh._unescape(segs["ERR"][0][8], sh._STANDARD)
-
-
-def test_ar_ack_on_garbage_is_minimal():
-    result = sh.map_message(b"this is not hl7", HP)
-    segs = ack_segments(sh.build_ack(b"this is not hl7", "AR", result.errors, "A4"))
-    assert segs["MSA"] == [["MSA", "AR", ""]]
-    assert segs["MSH"][0][8] == "ACK^^ACK"
-    assert "does not begin with MSH" in segs["ERR"][0][8]
-    assert sh.build_ack(None, "AR", [], "A5").startswith(b"MSH|^~\\&|YRDHUB|")
-
-
-def test_ack_escapes_reasons_and_keeps_chinese_utf8():
-    errors = [sh.AckError("OBX", 2, 5, "值|含^分隔符&和~重复\\", "102")]
-    ack = sh.build_ack(fixture("oru_r01_lab.hl7"), "AE", errors, "A6")
-    err = ack_segments(ack)["ERR"][0]
-    assert sh._unescape(err[8], sh._STANDARD) == "值|含^分隔符&和~重复\\"
-    assert len(err) == 9
-
-
-def test_ack_reencodes_other_encoding_characters():
-    message = fixture("adt_a04.hl7").replace(b"MSH|^~\\&|", b"MSH|$~\\&|").replace(
-        b"ADT^A04^ADT_A01", b"ADT$A04$ADT_A01")
-    ack = ack_segments(sh.build_ack(message, "AA", [], "A7"))
-    assert ack["MSH"][0][8] == "ACK^A04^ACK"
-
-
-# ---------------------------------------------------------------------------------------------
 # map_upload (the common contract)
 # ---------------------------------------------------------------------------------------------
 
@@ -681,7 +579,7 @@ def test_peer_folder_is_there():
 
 @pytest.mark.parametrize("path", PEER_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_peer_file_is_read(path):
-    messages = sh.split_messages(path.read_bytes())
+    messages = er7.split_messages(path.read_bytes())
     assert messages
     for message in messages:
         result = sh.map_message(message, msh4(message))
@@ -695,7 +593,7 @@ def test_peer_file_is_read(path):
         else:
             assert result.errors and all(e.reason for e in result.errors)
             assert "internal error" not in result.errors[0].reason
-        ack = sh.build_ack(message, result.ack_code, result.errors, "X1")
+        ack = hl7_ack.build_ack(message, result.ack_code, result.errors, "X1")
         assert ack_segments(ack)["MSA"][0][1] == result.ack_code
 
 
@@ -711,7 +609,7 @@ def test_peer_file_is_read(path):
     ("linuxforhealth/sample_unix.hl7", "AR", 0),  # MSH-2 "^~\\&": two escape characters
 ])
 def test_peer_outcomes(name, code, records):
-    [message] = sh.split_messages((PEERS / name).read_bytes())
+    [message] = er7.split_messages((PEERS / name).read_bytes())
     result = sh.map_message(message, msh4(message))
     assert result.ack_code == code
     assert len(result.result.records) == records
@@ -719,7 +617,7 @@ def test_peer_outcomes(name, code, records):
 
 def test_python_hl7_batch_and_file_samples_split_to_one_message():
     for name in ("sample_batch.hl7", "sample_file.hl7"):
-        [message] = sh.split_messages((PEERS / "python-hl7" / name).read_bytes())
+        [message] = er7.split_messages((PEERS / "python-hl7" / name).read_bytes())
         assert message.startswith(b"MSH|^~\\&||ABCHS|")
 
 
@@ -731,11 +629,11 @@ SAMPLES = [fixture(p.name) for p in sorted(FIXTURES.glob("*.hl7"))]
 
 
 def never_raises(body: bytes) -> None:
-    for message in sh.split_messages(body) or [body]:
+    for message in er7.split_messages(body) or [body]:
         result = sh.map_message(message, HP)
         assert result.ack_code in ("AA", "AE", "AR")
         assert not any("internal error" in e.reason for e in result.errors), result.errors
-        sh.build_ack(message, result.ack_code, result.errors, "H1")
+        hl7_ack.build_ack(message, result.ack_code, result.errors, "H1")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -12,8 +12,9 @@ from sqlalchemy import bindparam, event, exc as sa_exc, insert, select, text, up
 
 from hub.db import make_engine
 from hub.migrate import upgrade
-from settlement.service import _CLAIM, _DUE, OPEN, T
+from settlement.service import _CLAIM, _DUE, T
 from settlement.sqlite_loop import LoopConnection, NotSupported
+from settlement.states import OPEN
 
 WHEN = datetime(2024, 3, 15, 1, 30, 0, 123456, tzinfo=timezone.utc)
 

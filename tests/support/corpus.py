@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from mappers import anhui_csv, jiangsu_cda, shanghai_hl7v2, zhejiang_json
+from mappers import anhui_csv, er7, jiangsu_cda, shanghai_hl7v2, zhejiang_json
 from mappers.common import Record
 from mappers.errors import UnreadableUpload
 from tests.support.common import FIXTURES, PEERS
@@ -38,7 +38,7 @@ def _js(path: Path) -> list[Record]:
 def _sh(path: Path) -> list[Record]:
     """Each message as sent by the hospital its MSH-4 names (found by a first mapping)."""
     records = []
-    for message in shanghai_hl7v2.split_messages(path.read_bytes()):
+    for message in er7.split_messages(path.read_bytes()):
         sender = shanghai_hl7v2.map_message(message, "").sending_facility
         records += shanghai_hl7v2.map_message(message, sender).result.records
     return records
