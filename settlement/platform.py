@@ -60,7 +60,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from mappers.region import CST, PROVINCE_ADMDVS, PROVINCES, money_text, province_of, scrub
 
-from .errors import NotSent, OutcomeUnknown, PlatformBusy, PlatformError, PlatformNotConfigured, Refused  # noqa: F401
+from .errors import NotSent, OutcomeUnknown, PlatformBusy, PlatformError, PlatformNotConfigured, Refused
 from .transport import AiohttpTransport
 
 log = logging.getLogger(__name__)

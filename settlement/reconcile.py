@@ -22,9 +22,9 @@ from decimal import Decimal
 import orjson
 from sqlalchemy import select
 
-from .errors import ReconcileUnavailable
+from .errors import (PlatformError, ReconcileUnavailable)
 from .models import Settlement
-from .platform import RECON_FIELDS, PlatformClient, PlatformError
+from .platform import RECON_FIELDS, PlatformClient
 
 ZERO = Decimal("0.00")
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from mappers.region import PROVINCES, is_current, province_of
 
-from .errors import ReferenceDataError  # noqa: F401  (drawn in settlement.errors)
+from .errors import ReferenceDataError
 
 HOSPITALS_FILE = "hospitals.csv"
 CATALOGUE_FILE = "catalogue.csv"

@@ -53,7 +53,7 @@ from mappers.errors import InvalidValue
 from mappers.region import (CST, ZERO, area_prefix, division, is_current, money_text, normalize_resident_id,
                             province_of, resident_id_birth_date, round_money)
 
-from .errors import REQUEST_ERRORS, PersonInfoInvalid, RequestInvalid  # noqa: F401  (drawn in settlement.errors)
+from .errors import PersonInfoInvalid, RequestInvalid
 from .reference import INSUTYPES, CatalogueItem, Hospital, Policy, Reference, default_reference
 
 REFUSALS: Mapping[str, str] = {

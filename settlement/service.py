@@ -52,16 +52,16 @@ from sqlalchemy.pool import StaticPool
 from mappers.region import CST, money_text, province_of, scrub
 
 from .caller import Caller as Party
-from .errors import (Conflict, IllegalTransition, InvalidRequest, NotFound, NotPermitted,  # noqa: F401
-                     PlatformUnavailable, RunnerLost, SettlementError)
+from .errors import (Conflict, IllegalTransition, InvalidRequest, NotFound, NotPermitted, OutcomeUnknown,
+                     PersonInfoInvalid, PlatformError, PlatformUnavailable, Refused, RequestInvalid,
+                     RunnerLost, SettlementError)
 from .models import Settlement, SettlementMsgid, SettlementPersonLease
-from .platform import PlatformClient, PlatformError, OutcomeUnknown, Refused, SPLIT_FIELDS, fmt_time, interpret
+from .platform import PlatformClient, SPLIT_FIELDS, fmt_time, interpret
 from .reference import default_reference
 from .sqlite_loop import LoopConnection
 from .states import FINAL, INITIAL, OPEN, STATUS_OF_STATE, allowed
 from .storage import is_sqlite, writer
-from .rules import (PersonInfo, PersonInfoInvalid, Refusal, RequestInvalid, SettleRequest, compute_split,
-                    select_coverage, validate_request)
+from .rules import PersonInfo, Refusal, SettleRequest, compute_split, select_coverage, validate_request
 
 log = logging.getLogger(__name__)
 

@@ -57,9 +57,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from mappers.region import CST, full_name, is_current, province_of, scrub
-from settlement.platform import (HUB_PARTY, OutcomeUnknown, PlatformBusy, PlatformError, PlatformNotConfigured,
-                                 Refused, new_msgid)
-from settlement.errors import CancelTooLate, TransferError, TransferInProgress, TransferNotFound  # noqa: F401
+from settlement.platform import HUB_PARTY, new_msgid
+from settlement.errors import (CancelTooLate, OutcomeUnknown, PlatformBusy, PlatformError,
+                               PlatformNotConfigured, Refused, TransferError, TransferInProgress,
+                               TransferNotFound)
 from settlement.reference import INSUTYPES
 from settlement.storage import writer
 from settlement.transfer_models import Transfer, TransferStep

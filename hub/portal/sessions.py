@@ -36,7 +36,7 @@ from hub.portal.models import PortalSession
 from hub.store import patient_for_resident_id
 from mappers.errors import InvalidValue
 from mappers.region import PROVINCE_NAMES, mask_resident_id, normalize_resident_id
-from settlement.platform import PlatformError, Refused
+from settlement.errors import PlatformError, Refused
 
 COOKIE = "yrd_session"
 CSRF_COOKIE = "yrd_csrf"

@@ -13,7 +13,8 @@ from jsonschema.exceptions import ValidationError
 from pydantic import TypeAdapter
 
 from hub import api_models
-from settlement.rules import RequestInvalid, SettleRequest
+from settlement.rules import SettleRequest
+from settlement.errors import RequestInvalid
 from tests.support.common import FIXTURES, PEERS
 from tests.support.fhir import sh_visit
 from tests.support.openapi import validator

@@ -231,7 +231,7 @@ def test_sign_in_asks_1101_again_when_its_msgid_was_already_used_and_not_on_othe
     import pytest
 
     from hub.portal.sessions import _person_info
-    from settlement.platform import Refused
+    from settlement.errors import Refused
 
     class Platform:  # refuses the first ``refusals``, then answers
         def __init__(self, *refusals):

@@ -11,7 +11,8 @@ import pytest
 from mappers.region import division, is_current
 from settlement import rules
 from settlement.reference import default_reference
-from settlement.transfer import TransferError, check_request, region_places
+from settlement.transfer import check_request, region_places
+from settlement.errors import TransferError
 
 WORLD = Path("/work/shared/world")
 

@@ -16,10 +16,10 @@ import orjson
 import pytest
 
 from mappers.region import CST
-from settlement.platform import (
-    NotSent, OutcomeUnknown, PlatformBusy, PlatformClient, PlatformError, PlatformNotConfigured, Refused,
-    client_from_env, new_msgid, parse_retry_after, province_of_place,
-)
+from settlement.platform import (PlatformClient, client_from_env, new_msgid, parse_retry_after,
+                                 province_of_place)
+from settlement.errors import (NotSent, OutcomeUnknown, PlatformBusy, PlatformError,
+                               PlatformNotConfigured, Refused)
 from settlement.simulated import start_simulators
 
 LISI = "33042119850412002X"

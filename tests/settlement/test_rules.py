@@ -30,25 +30,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from settlement import rules
-from settlement.reference import (
-    CatalogueItem,
-    ReferenceDataError,
-    default_reference,
-    load_reference,
-)
+from settlement.reference import CatalogueItem, default_reference, load_reference
+from settlement.errors import (REQUEST_ERRORS, PersonInfoInvalid, ReferenceDataError, RequestInvalid)
 from mappers.region import province_of
-from settlement.rules import (
-    REFUSALS,
-    REQUEST_ERRORS,
-    FeeLine,
-    PersonInfo,
-    PersonInfoInvalid,
-    Refusal,
-    RequestInvalid,
-    SettleRequest,
-    Split,
-    compute_split,
-)
+from settlement.rules import REFUSALS, FeeLine, PersonInfo, Refusal, SettleRequest, Split, compute_split
 
 REF = default_reference()
 WORLD_DATA = Path("/work/shared/world/data")

@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from settlement import service, states
-from settlement.service import IllegalTransition, SettlementError, SettlementService
+from settlement.service import SettlementService
+from settlement.errors import IllegalTransition, SettlementError
 from settlement.states import CALLER, DRIVER, FINAL, INITIAL, OPEN, STATES, TRANSITIONS
 from tests.support.settlement import FAST, XIHU, body, poll, start_hub, stop_hub
 
